@@ -1,0 +1,424 @@
+"""`nerbatch annotate`: stream documents through an ONNX bundle into a Parquet span dataset.
+
+The local engine: a bounded reader -> chunks of documents -> tokenise -> windows batched by length
+-> ONNX Runtime -> spans -> part files. Memory is bounded by one chunk (and one document), whatever
+the corpus size. Progress is committed part by part (see `output.py`), so a killed run resumes where
+the last committed part ended: the document stream is deterministic, and the manifest records how
+many documents of it are done. Every document is either annotated (zero or more spans) or rejected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from . import __version__
+from .bundle import load_bundle
+from .errors import InputError, NerbatchError, OutputError
+from .output import (
+    MANIFEST_FORMAT,
+    REJECT_PARTS,
+    REJECTS,
+    SUCCESS,
+    PartWriter,
+    fsync_write,
+    read_manifest,
+    write_manifest,
+    write_rejects,
+)
+from .readers import Document, InputFile, ReadOptions, Reject, expand_inputs, read_file
+
+log = logging.getLogger(__name__)
+
+LOCK = "_lock"
+
+
+@dataclass
+class AnnotateConfig:
+    inputs: list[str]
+    output: str
+    model: str = "export/minilm"
+    variant: str = "auto"
+    device: str = "cpu"
+    batch_size: int = 64
+    max_batch_tokens: int = 16384
+    max_length: int | None = None  # default: the bundle's
+    stride: int | None = None
+    threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
+    read: ReadOptions = field(default_factory=ReadOptions)
+    chunk_docs: int = 256  # documents tokenised and tagged together
+    chunk_chars: int = 2_000_000  # ... or fewer, when they are long
+    part_docs: int = 20_000  # documents per committed part (the most work a crash redoes)
+    overwrite: bool = False
+
+
+class Interrupted(NerbatchError):
+    """Stopped by SIGTERM / SIGINT after committing the current part; run again to resume."""
+
+
+class RunLock:
+    """One run per output: `_lock` holds pid and host; a lock whose process is gone is taken."""
+
+    def __init__(self, out: Path):
+        self.path = out / LOCK
+
+    def __enter__(self) -> RunLock:
+        me = f"{os.getpid()}@{socket.gethostname()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.path.read_text().strip() if self.path.exists() else ""
+                pid, _, host = holder.partition("@")
+                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                    log.warning("taking over the lock of a crashed run (pid %s)", pid)
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise OutputError(
+                    f"{self.path.parent} is being written by another annotate run "
+                    f"(pid {pid or '?'} on {host or '?'}); wait for it or stop it"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            return self
+        raise OutputError(f"cannot take the lock {self.path}")
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StopFlag:
+    """SIGTERM / SIGINT set a flag that the loop checks between chunks (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopFlag:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # Outside the main thread (an Airflow worker thread) handlers cannot be set.
+            with contextlib.suppress(ValueError):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _inputs_record(files: list[InputFile]) -> list[dict]:
+    return [{"path": f.path, "size": f.size, "mtime": f.mtime} for f in files]
+
+
+def _prepare_output(out: Path, config: AnnotateConfig, inputs: list[dict], bundle_id: str):
+    """The manifest to continue from, or None to start fresh. Refuses a mismatched output."""
+    manifest = read_manifest(out) if out.exists() else None
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a directory")
+    if config.overwrite and out.exists():
+        for child in out.iterdir():
+            if child.name.startswith(("part-", "_", ".part-")) and child.name != LOCK:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return None
+    if manifest is None:
+        if out.exists() and any(p.name != LOCK for p in out.iterdir()):
+            raise OutputError(
+                f"{out} exists, is not empty and is not an annotate output; choose another "
+                "output or pass --overwrite"
+            )
+        return None
+    if manifest.get("bundle_id") != bundle_id:
+        raise OutputError(
+            f"{out} was written with bundle {manifest.get('bundle_id')!r}, not {bundle_id!r}; "
+            "pass --overwrite to start over"
+        )
+    if manifest.get("inputs") != inputs:
+        old = {i["path"]: i for i in manifest.get("inputs", [])}
+        new = {i["path"]: i for i in inputs}
+        changed = sorted(set(old) ^ set(new)) + sorted(
+            p for p in set(old) & set(new) if old[p] != new[p]
+        )
+        raise OutputError(
+            f"{out}: the inputs changed since the run that wrote it (e.g. {changed[0]}: added, "
+            "removed, or a different size or mtime); pass --overwrite to start over"
+        )
+    return manifest
+
+
+def documents(files: list[InputFile], read: ReadOptions) -> Iterator[Document | Reject]:
+    for file in files:
+        yield from read_file(file, read)
+
+
+def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
+    """Annotate the inputs into `config.output`; returns the run summary."""
+    started = time.monotonic()
+    bundle = load_bundle(config.model)
+    tagger = bundle.tagger(
+        config.variant,
+        config.device,
+        config.batch_size,
+        config.max_length,
+        config.stride,
+        config.threads,
+        config.max_batch_tokens,
+    )
+    variant = bundle.resolve_variant(config.variant, config.device)
+    files, skipped = expand_inputs(config.inputs)
+    if not files:
+        raise InputError("no input files")
+    inputs = _inputs_record(files)
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out), StopFlag() as stop:
+        manifest = _prepare_output(out, config, inputs, bundle.bundle_id)
+        if manifest and manifest.get("complete") and (out / SUCCESS).exists():
+            summary = dict(manifest["summary"], already_complete=True)
+            log.info("output is already complete: nothing to do", extra={"event": "noop"})
+            return summary
+        if manifest is None:
+            manifest = {
+                "format": MANIFEST_FORMAT,
+                "bundle_id": bundle.bundle_id,
+                "bundle": str(config.model),
+                "variant": variant,
+                "device": config.device,
+                "inputs": inputs,
+                "skipped_files": skipped,
+                "options": {
+                    k: v
+                    for k, v in asdict(config).items()
+                    if k not in ("inputs", "output", "overwrite")
+                },
+                "parts": [],
+                "documents_done": 0,
+                "counts": {"documents": 0, "annotated": 0, "rejected": 0, "spans": 0, "tokens": 0},
+                "complete": False,
+                "versions": {"nerbatch": __version__},
+                "started": _now(),
+                "runs": 0,
+            }
+        manifest["runs"] += 1
+        (out / SUCCESS).unlink(missing_ok=True)
+        resume_from = manifest["documents_done"]
+        if resume_from:
+            log.info(
+                "resuming after %d documents (%d parts)",
+                resume_from,
+                len(manifest["parts"]),
+                extra={"event": "resume", "documents_done": resume_from},
+            )
+        run = _Run(out, manifest, tagger, bundle.bundle_id, config, silent)
+        run.process(documents(files, config.read), resume_from, stop)
+        run.finish()
+    summary = dict(manifest["summary"])
+    summary["seconds_this_run"] = round(time.monotonic() - started, 2)
+    return summary
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class _Run:
+    """The state of one annotate run: the open part, its rejects, counts, the manifest."""
+
+    def __init__(
+        self, out: Path, manifest: dict, tagger, model_id: str, config: AnnotateConfig, silent: bool
+    ):
+        self.out = out
+        self.manifest = manifest
+        self.tagger = tagger
+        self.model_id = model_id
+        self.config = config
+        self.silent = silent
+        self.part: PartWriter | None = None
+        self.part_docs = 0
+        self.part_counts = {"annotated": 0, "rejected": 0, "spans": 0, "tokens": 0}
+        self.rejects: list[Reject] = []
+        self.started = time.monotonic()
+        self.run_tokens = 0
+        self.run_docs = 0
+
+    def process(self, stream: Iterator[Document | Reject], skip: int, stop: StopFlag) -> None:
+        from tqdm import tqdm
+
+        progress = tqdm(
+            unit="doc", disable=True if self.silent else None, desc="annotate", dynamic_ncols=True
+        )
+        chunk: list[Document] = []
+        chunk_chars = 0
+        try:
+            for ordinal, item in enumerate(stream):
+                if ordinal < skip:
+                    continue
+                self._ensure_part()
+                self.part_docs += 1
+                if isinstance(item, Reject):
+                    self.rejects.append(item)
+                    self.part_counts["rejected"] += 1
+                else:
+                    chunk.append(item)
+                    chunk_chars += len(item.text)
+                part_full = self.part_docs >= self.config.part_docs
+                if chunk and (
+                    part_full
+                    or len(chunk) >= self.config.chunk_docs
+                    or chunk_chars >= self.config.chunk_chars
+                ):
+                    self._tag(chunk)
+                    progress.update(len(chunk))
+                    chunk, chunk_chars = [], 0
+                if part_full:
+                    self._commit()
+                    if stop.signal is not None:
+                        raise Interrupted(self._interrupted_message(stop.signal))
+                elif stop.signal is not None and not chunk:
+                    self._commit()
+                    raise Interrupted(self._interrupted_message(stop.signal))
+            if chunk:
+                self._tag(chunk)
+                progress.update(len(chunk))
+            if self.part is not None or not self.manifest["parts"]:
+                self._ensure_part()
+                self._commit()
+        except BaseException:
+            if self.part is not None:
+                self.part.abort()
+            raise
+        finally:
+            progress.close()
+
+    def _interrupted_message(self, signum: int) -> str:
+        return (
+            f"stopped by {signal.Signals(signum).name} after "
+            f"{self.manifest['documents_done']} documents; run the same command again to resume"
+        )
+
+    def _ensure_part(self) -> None:
+        if self.part is None:
+            name = f"part-{len(self.manifest['parts']):05d}.parquet"
+            self.part = PartWriter(self.out / name)
+
+    def _tag(self, chunk: list[Document]) -> None:
+        texts = [d.text for d in chunk]
+        encoded = self.tagger.encoder.encode_batch(texts)
+        predictions = self.tagger.predict(encoded)
+        for document, enc, prediction in zip(chunk, encoded, predictions, strict=True):
+            spans = self.tagger.spans(document.text, prediction)
+            self.part.add(document.doc_id, document.source, document.text, spans, self.model_id)
+            self.part_counts["spans"] += len(spans)
+            self.part_counts["tokens"] += len(enc)
+        self.part_counts["annotated"] += len(chunk)
+        self.run_docs += len(chunk)
+
+    def _commit(self) -> None:
+        """Commit the open part: rows, then its rejects, then the manifest that names both."""
+        try:
+            rows = self.part.commit()
+            reject_file = None
+            if self.rejects:
+                (self.out / REJECT_PARTS).mkdir(exist_ok=True)
+                reject_file = f"{REJECT_PARTS}/{Path(self.part.path).stem}.parquet"
+                write_rejects(self.out / reject_file, self.rejects)
+        except OSError as e:
+            raise OutputError(
+                f"cannot write {self.part.path}: {e.strerror or e}; the output stays resumable "
+                "from the last committed part once the problem is fixed"
+            ) from e
+        m = self.manifest
+        m["parts"].append(
+            {
+                "file": Path(self.part.path).name,
+                "rejects_file": reject_file,
+                "rows": rows,
+                "documents": self.part_docs,
+                **self.part_counts,
+            }
+        )
+        m["documents_done"] += self.part_docs
+        counts = m["counts"]
+        counts["documents"] += self.part_docs
+        for key, value in self.part_counts.items():
+            counts[key] += value
+        self.run_tokens += self.part_counts["tokens"]
+        m["updated"] = _now()
+        write_manifest(self.out, m)
+        log.info(
+            "committed %s: %d documents, %d spans",
+            Path(self.part.path).name,
+            self.part_docs,
+            rows,
+            extra={
+                "event": "part",
+                "part": Path(self.part.path).name,
+                "documents": counts["documents"],
+                "rejected": counts["rejected"],
+                "spans": counts["spans"],
+            },
+        )
+        self.part = None
+        self.part_docs = 0
+        self.part_counts = {"annotated": 0, "rejected": 0, "spans": 0, "tokens": 0}
+        self.rejects = []
+
+    def finish(self) -> None:
+        """Merge reject parts into _rejects.parquet, mark the manifest complete, write _SUCCESS."""
+        m = self.manifest
+        reject_files = [p["rejects_file"] for p in m["parts"] if p.get("rejects_file")]
+        if reject_files:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            tables = [pq.read_table(self.out / f) for f in reject_files]
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.concat_tables(tables), sink)
+            fsync_write(self.out / REJECTS, sink.getvalue().to_pybytes())
+        elapsed = time.monotonic() - self.started
+        counts = m["counts"]
+        m["summary"] = {
+            "output": str(self.out),
+            "documents": counts["documents"],
+            "annotated": counts["annotated"],
+            "rejected": counts["rejected"],
+            "spans": counts["spans"],
+            "tokens": counts["tokens"],
+            "parts": len(m["parts"]),
+            "seconds": round(elapsed, 2),
+            "documents_this_run": self.run_docs,
+            "tokens_per_second": round(self.run_tokens / elapsed, 1) if elapsed > 0 else None,
+            "bundle_id": m["bundle_id"],
+            "variant": m["variant"],
+        }
+        if counts["documents"] != counts["annotated"] + counts["rejected"]:
+            raise OutputError(f"accounting mismatch in {self.out}: {counts}")  # a bug if seen
+        m["complete"] = True
+        m["finished"] = _now()
+        m["rejects"] = REJECTS if reject_files else None
+        write_manifest(self.out, m)
+        if reject_files:
+            shutil.rmtree(self.out / REJECT_PARTS, ignore_errors=True)
+        fsync_write(self.out / SUCCESS, b"")
+        log.info("done", extra={"event": "done", **m["summary"]})

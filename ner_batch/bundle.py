@@ -1,0 +1,181 @@
+"""Model bundles: the directory `nerbatch export` writes and `nerbatch annotate` reads.
+
+`bundle.json` describes the bundle (format version, labels, window, tokenizer settings, one entry
+per ONNX variant with its file, sha256 and measured agreement with PyTorch); `tokenizer.json` and
+the `model*.onnx` files sit beside it. Loading checks the format version and the checksums of the
+files it will use before any work starts. Runtime-only: onnxruntime, tokenizers, numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BundleError
+from .features import TextEncoder
+from .tagger import Tagger
+
+BUNDLE_FILE = "bundle.json"
+FORMAT_VERSION = 1
+VARIANTS = ("fp32", "int8", "fp16")
+VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+DEVICES = ("cpu", "cuda")
+DEFAULT_VARIANT = {"cpu": "int8", "cuda": "fp16"}
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Bundle:
+    path: Path
+    meta: dict
+
+    @property
+    def bundle_id(self) -> str:
+        return self.meta["bundle_id"]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.meta["labels"]
+
+    def resolve_variant(self, variant: str = "auto", device: str = "cpu") -> str:
+        if device not in DEVICES:
+            raise BundleError(f"unknown device {device!r}; expected one of {list(DEVICES)}")
+        if variant == "auto":
+            variant = DEFAULT_VARIANT[device]
+        if variant not in VARIANTS:
+            raise BundleError(f"unknown variant {variant!r}; expected one of {['auto', *VARIANTS]}")
+        if variant not in self.meta["variants"]:
+            raise BundleError(
+                f"bundle {self.path} has no {variant} variant (it has "
+                f"{sorted(self.meta['variants'])})"
+            )
+        return variant
+
+    def verify(self, variant: str) -> None:
+        """Check the tokenizer's and the variant's sha256 against bundle.json."""
+        entry = self.meta["variants"][variant]
+        for name, expected in (
+            (self.meta["tokenizer"]["file"], self.meta["tokenizer"]["sha256"]),
+            (entry["file"], entry["sha256"]),
+        ):
+            file = self.path / name
+            if not file.is_file():
+                raise BundleError(f"bundle {self.path} is missing {name}")
+            actual = sha256_of(file)
+            if actual != expected:
+                raise BundleError(
+                    f"bundle {self.path}: {name} does not match its checksum in {BUNDLE_FILE} "
+                    f"(expected sha256 {expected[:12]}…, found {actual[:12]}…); the file is "
+                    "corrupt or was changed after export: export the bundle again"
+                )
+
+    def encoder(self) -> TextEncoder:
+        tokenizer = self.meta["tokenizer"]
+        encoder = TextEncoder(self.path / tokenizer["file"], word_shapes=tokenizer["word_shapes"])
+        vocab = encoder.tokenizer.get_vocab_size()
+        if vocab != tokenizer["vocab_size"]:
+            raise BundleError(
+                f"bundle {self.path}: tokenizer has {vocab} entries but the model was exported "
+                f"with a vocabulary of {tokenizer['vocab_size']}: tokenizer and model do not match"
+            )
+        return encoder
+
+    def session(self, variant: str, device: str = "cpu", threads: int = 0):
+        """An ONNX Runtime session for the variant; `threads` 0 lets ORT use every core."""
+        import onnxruntime as ort
+
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BundleError(
+                    "--device cuda needs onnxruntime-gpu with CUDAExecutionProvider; this "
+                    f"onnxruntime has {ort.get_available_providers()} (pip install "
+                    "onnxruntime-gpu, on a machine with an NVIDIA GPU and CUDA)"
+                )
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        file = self.path / self.meta["variants"][variant]["file"]
+        try:
+            return ort.InferenceSession(str(file), options, providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types: report any of them
+            raise BundleError(f"ONNX Runtime cannot load {file}: {e}") from e
+
+    def tagger(
+        self,
+        variant: str = "auto",
+        device: str = "cpu",
+        batch_size: int = 32,
+        max_length: int | None = None,
+        stride: int | None = None,
+        threads: int = 0,
+        max_batch_tokens: int = 8192,
+    ) -> Tagger:
+        variant = self.resolve_variant(variant, device)
+        self.verify(variant)
+        session = self.session(variant, device, threads)
+        max_length = max_length or self.meta["max_length"]
+        if stride is None:
+            stride = (
+                self.meta["stride"] if max_length == self.meta["max_length"] else max_length // 4
+            )
+        return Tagger(
+            self.encoder(),
+            self.labels,
+            onnx_logits_fn(session),
+            max_length,
+            stride,
+            batch_size,
+            max_batch_tokens,
+        )
+
+
+def onnx_logits_fn(session):
+    names = {i.name for i in session.get_inputs()}
+
+    def logits(ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in names:
+            feed["token_type_ids"] = types
+        return session.run(None, feed)[0].astype(np.float32, copy=False)
+
+    return logits
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and check bundle.json; the model files are checked when a variant is chosen."""
+    path = Path(path)
+    meta_file = path / BUNDLE_FILE
+    if not path.exists():
+        raise BundleError(
+            f"model bundle {path} does not exist (make one with `nerbatch export CHECKPOINT "
+            f"--out {path}`, or point --model at an existing bundle)"
+        )
+    if not meta_file.is_file():
+        raise BundleError(f"{path} is not a model bundle: it has no {BUNDLE_FILE}")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{meta_file} is not valid JSON: {e}") from e
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{meta_file}: format version {version!r} is not supported by this nerbatch "
+            f"(it reads version {FORMAT_VERSION}); export the bundle again or upgrade nerbatch"
+        )
+    for key in ("bundle_id", "labels", "max_length", "stride", "tokenizer", "variants"):
+        if key not in meta:
+            raise BundleError(f"{meta_file} lacks the field {key!r}")
+    return Bundle(path, meta)

