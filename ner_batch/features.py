@@ -104,7 +104,6 @@ class TextEncoder:
             last = np.ones(n, dtype=bool)
             last[:-1] = first[1:]
             word_end = offsets[last, 1]
-            starts, ends = word_start.tolist(), word_end.tolist()
             shapes = np.fromiter(
                 (
                     word_shape(text[s:e])

@@ -15,13 +15,74 @@ SHARED_CONLL = Path(
     )
 ).resolve()
 
-WORDS = (
-    "the a of in on at to and said says met visited from with for by is was will new "
-    "john mary smith paris london berlin york acme corp inc bank united nations germany "
-    "france european commission peter blackburn eu german british call boycott lamb "
-    "thursday monday president minister company city river reuters apple google "
-    "é ü 中 文 ##s ##ed ##ing ##er ##ly ##an ##on"
-).split()
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "in",
+    "on",
+    "at",
+    "to",
+    "and",
+    "said",
+    "says",
+    "met",
+    "visited",
+    "from",
+    "with",
+    "for",
+    "by",
+    "is",
+    "was",
+    "will",
+    "new",
+    "john",
+    "mary",
+    "smith",
+    "paris",
+    "london",
+    "berlin",
+    "york",
+    "acme",
+    "corp",
+    "inc",
+    "bank",
+    "united",
+    "nations",
+    "germany",
+    "france",
+    "european",
+    "commission",
+    "peter",
+    "blackburn",
+    "eu",
+    "german",
+    "british",
+    "call",
+    "boycott",
+    "lamb",
+    "thursday",
+    "monday",
+    "president",
+    "minister",
+    "company",
+    "city",
+    "river",
+    "reuters",
+    "apple",
+    "google",
+    "é",
+    "ü",
+    "中",
+    "文",
+    "##s",
+    "##ed",
+    "##ing",
+    "##er",
+    "##ly",
+    "##an",
+    "##on",
+]
 
 TRAIN_CONLL = """-DOCSTART- -X- -X- O
 
