@@ -26,7 +26,6 @@ from .bundle import load_bundle
 from .errors import InputError, NerbatchError, OutputError
 from .output import (
     MANIFEST_FORMAT,
-    REJECT_PARTS,
     REJECTS,
     SUCCESS,
     PartWriter,
@@ -132,16 +131,19 @@ def _inputs_record(files: list[InputFile]) -> list[dict]:
     return [{"path": f.path, "size": f.size, "mtime": f.mtime} for f in files]
 
 
-def _prepare_output(out: Path, config: AnnotateConfig, inputs: list[dict], bundle_id: str):
+def _prepare_output(
+    out: Path, config: AnnotateConfig, inputs: list[dict], bundle_id: str, settings: dict
+):
     """The manifest to continue from, or None to start fresh. Refuses a mismatched output."""
-    manifest = read_manifest(out) if out.exists() else None
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} exists and is not a directory")
     if config.overwrite and out.exists():
+        # Only our own files (parts, _manifest, _rejects, their temporaries): --overwrite on a
+        # wrong directory must not delete anything else. The manifest is not read: it may be
+        # the corrupt one that --overwrite is meant to get rid of.
         for child in out.iterdir():
-            if child.name.startswith(("part-", "_", ".part-")) and child.name != LOCK:
+            if child.name.startswith(("part-", "_", ".part-", "._")) and child.name != LOCK:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         return None
+    manifest = read_manifest(out) if out.exists() else None
     if manifest is None:
         if out.exists() and any(p.name != LOCK for p in out.iterdir()):
             raise OutputError(
@@ -153,6 +155,16 @@ def _prepare_output(out: Path, config: AnnotateConfig, inputs: list[dict], bundl
         raise OutputError(
             f"{out} was written with bundle {manifest.get('bundle_id')!r}, not {bundle_id!r}; "
             "pass --overwrite to start over"
+        )
+    # Resuming with another variant, window or reader would mix two kinds of rows in one
+    # output (and other reader options change which document the resume count points at).
+    old_settings = manifest.get("settings", settings)
+    if old_settings != settings:
+        changed = [k for k in settings if old_settings.get(k) != settings[k]]
+        raise OutputError(
+            f"{out} was written with other settings ("
+            + ", ".join(f"{k} {old_settings.get(k)!r}, now {settings[k]!r}" for k in changed)
+            + "); run with the same options to resume it, or pass --overwrite to start over"
         )
     if manifest.get("inputs") != inputs:
         old = {i["path"]: i for i in manifest.get("inputs", [])}
@@ -186,14 +198,24 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
         config.max_batch_tokens,
     )
     variant = bundle.resolve_variant(config.variant, config.device)
+    settings = {
+        "variant": variant,
+        "max_length": tagger.window + tagger.encoder.n_special,
+        "stride": tagger.stride,
+        "read": asdict(config.read),
+    }
+    out = Path(config.output)
     files, skipped = expand_inputs(config.inputs)
+    # An output inside an input directory must not become an input of its own next run.
+    files = [f for f in files if not _is_within(f.path, out)]
     if not files:
         raise InputError("no input files")
     inputs = _inputs_record(files)
-    out = Path(config.output)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a directory; choose another output")
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out), StopFlag() as stop:
-        manifest = _prepare_output(out, config, inputs, bundle.bundle_id)
+        manifest = _prepare_output(out, config, inputs, bundle.bundle_id, settings)
         if manifest and manifest.get("complete") and (out / SUCCESS).exists():
             summary = dict(manifest["summary"], already_complete=True)
             log.info("output is already complete: nothing to do", extra={"event": "noop"})
@@ -205,6 +227,7 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
                 "bundle": str(config.model),
                 "variant": variant,
                 "device": config.device,
+                "settings": settings,
                 "inputs": inputs,
                 "skipped_files": skipped,
                 "options": {
@@ -236,6 +259,10 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
     summary = dict(manifest["summary"])
     summary["seconds_this_run"] = round(time.monotonic() - started, 2)
     return summary
+
+
+def _is_within(path: str, directory: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(directory))
 
 
 def _now() -> str:
@@ -276,6 +303,7 @@ class _Run:
                     continue
                 self._ensure_part()
                 self.part_docs += 1
+                self.run_docs += 1  # annotated or rejected, like "documents"
                 if isinstance(item, Reject):
                     self.rejects.append(item)
                     self.part_counts["rejected"] += 1
@@ -332,7 +360,6 @@ class _Run:
             self.part_counts["spans"] += len(spans)
             self.part_counts["tokens"] += len(enc)
         self.part_counts["annotated"] += len(chunk)
-        self.run_docs += len(chunk)
 
     def _commit(self) -> None:
         """Commit the open part: rows, then its rejects, then the manifest that names both."""
@@ -340,8 +367,8 @@ class _Run:
             rows = self.part.commit()
             reject_file = None
             if self.rejects:
-                (self.out / REJECT_PARTS).mkdir(exist_ok=True)
-                reject_file = f"{REJECT_PARTS}/{Path(self.part.path).stem}.parquet"
+                (self.out / REJECTS).mkdir(exist_ok=True)
+                reject_file = f"{REJECTS}/{Path(self.part.path).name}"
                 write_rejects(self.out / reject_file, self.rejects)
         except OSError as e:
             raise OutputError(
@@ -385,17 +412,9 @@ class _Run:
         self.rejects = []
 
     def finish(self) -> None:
-        """Merge reject parts into _rejects.parquet, mark the manifest complete, write _SUCCESS."""
+        """Mark the manifest complete with the run summary, then write _SUCCESS."""
         m = self.manifest
-        reject_files = [p["rejects_file"] for p in m["parts"] if p.get("rejects_file")]
-        if reject_files:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            tables = [pq.read_table(self.out / f) for f in reject_files]
-            sink = pa.BufferOutputStream()
-            pq.write_table(pa.concat_tables(tables), sink)
-            fsync_write(self.out / REJECTS, sink.getvalue().to_pybytes())
+        has_rejects = any(p.get("rejects_file") for p in m["parts"])
         elapsed = time.monotonic() - self.started
         counts = m["counts"]
         m["summary"] = {
@@ -416,9 +435,7 @@ class _Run:
             raise OutputError(f"accounting mismatch in {self.out}: {counts}")  # a bug if seen
         m["complete"] = True
         m["finished"] = _now()
-        m["rejects"] = REJECTS if reject_files else None
+        m["rejects"] = REJECTS if has_rejects else None
         write_manifest(self.out, m)
-        if reject_files:
-            shutil.rmtree(self.out / REJECT_PARTS, ignore_errors=True)
         fsync_write(self.out / SUCCESS, b"")
         log.info("done", extra={"event": "done", **m["summary"]})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BundleError
+from .errors import BundleError, NerbatchError
 from .features import TextEncoder
 from .tagger import Tagger
 
@@ -125,21 +125,25 @@ class Bundle:
     ) -> Tagger:
         variant = self.resolve_variant(variant, device)
         self.verify(variant)
+        encoder = self.encoder()
         session = self.session(variant, device, threads)
         max_length = max_length or self.meta["max_length"]
         if stride is None:
             stride = (
                 self.meta["stride"] if max_length == self.meta["max_length"] else max_length // 4
             )
-        return Tagger(
-            self.encoder(),
-            self.labels,
-            onnx_logits_fn(session),
-            max_length,
-            stride,
-            batch_size,
-            max_batch_tokens,
-        )
+        try:
+            return Tagger(
+                encoder,
+                self.labels,
+                onnx_logits_fn(session),
+                max_length,
+                stride,
+                batch_size,
+                max_batch_tokens,
+            )
+        except ValueError as e:  # a max_length / stride the user chose: one Error: line
+            raise NerbatchError(str(e)) from e
 
 
 def onnx_logits_fn(session):

@@ -152,6 +152,14 @@ def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
 )
 @click.option("--token-column", type=int, default=0, show_default=True)
 @click.option("--tag-column", type=int, default=-1, show_default=True)
+@click.option(
+    "--pack-documents",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Fraction of training documents whose sentences are packed into "
+    "multi-sentence examples, for whole-document annotation (0: sentences only).",
+)
 @click.option("--max-steps", type=int, default=-1, help="Stop after N steps (smoke tests).")
 @click.option("--fp16", is_flag=True, help="Mixed precision on GPU.")
 def train_cli(
@@ -171,6 +179,7 @@ def train_cli(
     scheme,
     token_column,
     tag_column,
+    pack_documents,
     max_steps,
     fp16,
 ) -> None:
@@ -202,6 +211,7 @@ def train_cli(
         scheme=scheme,
         token_column=token_column,
         tag_column=tag_column,
+        pack_documents=pack_documents,
         max_steps=max_steps,
         fp16=fp16,
     )
@@ -416,7 +426,7 @@ def annotate_cli(
         )
     if fail_on_reject and summary["rejected"]:
         click.echo(
-            f"Error: {summary['rejected']} documents were rejected (see {output}/_rejects.parquet)",
+            f"Error: {summary['rejected']} documents were rejected (see {output}/_rejects/)",
             err=True,
         )
         sys.exit(EXIT_REJECTS)
@@ -445,8 +455,15 @@ def annotate_cli(
     type=click.Path(dir_okay=False),
     help="Write the report as Markdown.",
 )
+@click.option(
+    "--png",
+    "png_prefix",
+    help="Write PREFIX.per_type.png and PREFIX.confusion.png [default: beside --markdown].",
+)
 @click.option("--batch-size", type=int, default=64, show_default=True)
-def score_cli(gold, model, predictions, variant, json_path, markdown_path, batch_size) -> None:
+def score_cli(
+    gold, model, predictions, variant, json_path, markdown_path, png_prefix, batch_size
+) -> None:
     """Precision / recall / F1 per entity type against CoNLL GOLD (seqeval default and strict).
 
     \b

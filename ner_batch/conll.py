@@ -74,8 +74,11 @@ def chunks(tags: Sequence[str]) -> list[tuple[str, int, int]]:
 def to_iob2(tags: Sequence[str], scheme: str = "auto", strict: bool = False) -> list[str]:
     """Normalise one sentence's tags from `scheme` to IOB2.
 
-    With `strict`, an invalid transition (I- without B- in IOB2, a chunk that never closes in
-    BIOES) raises SchemeError naming the position; otherwise it is repaired the conlleval way.
+    With `strict`, an invalid transition raises SchemeError naming the position: in IOB2 an I-
+    without a B- of its type; in BIOES (or BILOU) also a chunk that does not close with E- (L-)
+    before the next tag or the end of the sentence. IOB1 has no invalid transitions (an I- after
+    O or after another type opens a chunk). Without `strict`, chunks are repaired the conlleval
+    way.
     """
     if scheme not in SCHEMES:
         raise SchemeError(f"unknown tag scheme {scheme!r}; expected one of {list(SCHEMES)}")
@@ -88,29 +91,48 @@ def to_iob2(tags: Sequence[str], scheme: str = "auto", strict: bool = False) -> 
                     f"token {i + 1}: prefix {prefix!r} is not part of {scheme.upper()} "
                     f"(allowed: {sorted(allowed)} and 'O')"
                 )
+    check_opening = strict and scheme != "iob1"
+    check_closing = strict and scheme == "bioes"
+    # Name the closing/single prefixes the way the input spells them (BIOES or BILOU).
+    bilou = any(prefix in ("L", "U") for prefix, _ in parsed)
+    end, single = ("L", "U") if bilou else ("E", "S")
     out: list[str] = []
     prev_label = ""  # type of the open chunk, "" when none is open
     for i, (prefix, label) in enumerate(parsed):
+        role = PREFIX_ROLES.get(prefix, OUTSIDE)
+        continues = role in ("inside", "end") and prev_label == label
+        if check_closing and prev_label and not continues:
+            raise SchemeError(
+                f"token {i + 1}: {tags[i]!r} follows an unclosed {prev_label} chunk; "
+                f"expected I-{prev_label} or {end}-{prev_label}"
+            )
+        if check_opening and role in ("inside", "end") and not continues:
+            follows = f"a {prev_label} chunk" if prev_label else "O or the start"
+            expected = f"B-{label} or {single}-{label}" if scheme == "bioes" else f"B-{label}"
+            raise SchemeError(
+                f"token {i + 1}: {tags[i]!r} continues a chunk but follows {follows}; "
+                f"expected {expected}"
+            )
         if prefix == OUTSIDE:
             out.append(OUTSIDE)
             prev_label = ""
             continue
-        role = PREFIX_ROLES[prefix]
-        continues = role in ("inside", "end") and prev_label == label
-        if strict and role in ("inside", "end") and not continues:
-            opened = f"an open {label} chunk" if not prev_label else f"{prev_label} chunk"
-            raise SchemeError(
-                f"token {i + 1}: {tags[i]!r} continues a chunk but follows "
-                f"{'O or the start' if not prev_label else opened}; expected B-{label}"
-            )
         out.append(f"I-{label}" if continues else f"B-{label}")
         prev_label = "" if role in ("end", "single") else label
+    if check_closing and prev_label:
+        raise SchemeError(
+            f"token {len(tags)}: {tags[-1]!r} ends the sentence inside a {prev_label} chunk; "
+            f"expected {end}-{prev_label}"
+        )
     return out
 
 
 def _split_columns(line: str) -> list[str]:
-    # Tab-separated files may have spaces inside a column; otherwise any run of spaces separates.
-    return line.split("\t") if "\t" in line else re.split(r" +", line)
+    # Tab-separated files may have spaces inside a column (but not around one: `tok \t B-PER`);
+    # otherwise any run of spaces separates.
+    if "\t" in line:
+        return [column.strip(" ") for column in line.split("\t")]
+    return re.split(r" +", line)
 
 
 def read_conll(
@@ -158,6 +180,9 @@ def read_conll(
     for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
         try:
             line = line_bytes.decode("utf-8").rstrip("\r\n")
+            if number == 1:
+                # A byte-order mark (Windows editors) would glue itself to -DOCSTART- or a token.
+                line = line.removeprefix("\ufeff")
         except UnicodeDecodeError as e:
             raise DataFormatError(
                 str(path), number, f"not valid UTF-8 (byte {e.start + 1}); expected UTF-8 text"
@@ -220,7 +245,21 @@ def write_conll(
     predictions: Sequence[Sequence[str]] | None = None,
 ) -> None:
     """Write documents back as `TOKEN TAG` lines (or `TOKEN GOLD PRED` when `predictions`, one
-    tag list per sentence in corpus order, is given), with -DOCSTART- lines between documents."""
+    tag list per sentence in corpus order, is given), with -DOCSTART- lines between documents.
+    A line whose token contains a space is tab-separated, so that `read_conll` reads it back."""
+    sentences = sentences_of(documents)
+    if predictions is not None:
+        if len(predictions) != len(sentences):
+            raise ValueError(
+                f"predictions has {len(predictions)} tag lists; expected one per sentence "
+                f"({len(sentences)})"
+            )
+        for n, (sentence, predicted) in enumerate(zip(sentences, predictions, strict=True)):
+            if len(predicted) != len(sentence.tokens):
+                raise ValueError(
+                    f"predictions for sentence {n} have {len(predicted)} tags; expected one per "
+                    f"token ({len(sentence.tokens)})"
+                )
     pred_iter = iter(predictions) if predictions is not None else None
     with open(path, "w", encoding="utf-8") as f:
         for document in documents:
@@ -228,7 +267,8 @@ def write_conll(
             for sentence in document.sentences:
                 predicted = next(pred_iter) if pred_iter else None
                 for i, (token, tag) in enumerate(zip(sentence.tokens, sentence.tags, strict=True)):
-                    f.write(f"{token} {tag}{' ' + predicted[i] if predicted else ''}\n")
+                    columns = [token, tag] + ([predicted[i]] if predicted is not None else [])
+                    f.write(("\t" if " " in token else " ").join(columns) + "\n")
                 f.write("\n")
 
 
@@ -253,6 +293,13 @@ def from_hf_dataset(dataset, token_column: str = "tokens", tag_column: str = "ne
     document = Document(doc_id="dataset#doc0")
     for i, row in enumerate(dataset):
         tags = [names[t] for t in row[tag_column]]
+        if len(tags) != len(row[token_column]):
+            raise DataFormatError(
+                "dataset",
+                i,
+                f"row has {len(row[token_column])} tokens but {len(tags)} tags; expected one tag "
+                "per token",
+            )
         try:
             iob2 = to_iob2(tags)
         except SchemeError as e:

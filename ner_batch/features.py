@@ -126,11 +126,13 @@ def extend_over_marks(text: str, end: int) -> int:
 
 def windows(n: int, size: int, stride: int) -> list[tuple[int, int]]:
     """Overlapping [start, end) windows of at most `size` sub-tokens covering 0..n; consecutive
-    windows share `stride` sub-tokens. A text that fits gives one window."""
-    if n <= size:
-        return [(0, n)]
+    windows share `stride` sub-tokens (the last one, aligned to the end, may share more). A text
+    that fits gives one window. A bad stride is an error whatever `n` is, so that a bad setting
+    fails on the first text rather than on the first long one."""
     if not 0 <= stride < size:
         raise ValueError(f"stride must be >= 0 and < window size {size}, got {stride}")
+    if n <= size:
+        return [(0, n)]
     step = size - stride
     starts = list(range(0, n - size, step)) + [n - size]
     return [(s, s + size) for s in starts]
@@ -138,7 +140,8 @@ def windows(n: int, size: int, stride: int) -> list[tuple[int, int]]:
 
 def best_window(n: int, spans: Sequence[tuple[int, int]]) -> np.ndarray:
     """For each of n sub-tokens, the index of the window in which it has the most context on
-    both sides (the larger of its two distances to the window edges being the smaller one)."""
+    both sides: the window that maximises the smaller of its two distances to the window edges
+    (the first such window on a tie)."""
     owner = np.zeros(n, dtype=np.int64)
     best = np.full(n, -1, dtype=np.int64)
     for w, (start, end) in enumerate(spans):

@@ -1,11 +1,14 @@
 """The annotate output: a Parquet dataset directory (Spark convention).
 
-`part-NNNNN.parquet` files of entity spans, `_rejects.parquet` for documents that could not be
-read, `_manifest.json` (inputs, progress, counts, bundle id, versions) and `_SUCCESS` once
-complete. A part is written under a temporary name, fsynced and renamed, and only then named in
-the manifest, itself replaced atomically: a reader never sees a half-written part, and a crashed
-run resumes from the last committed part. pyarrow, pandas, polars, duckdb and Spark read the
-directory as one table (they skip files starting with `_` or `.`).
+`part-NNNNN.parquet` files of entity spans, `_rejects/` (a Parquet dataset of its own, one
+`part-NNNNN.parquet` per span part that had rejects) for documents that could not be read,
+`_manifest.json` (inputs, progress, counts, bundle id, versions) and `_SUCCESS` once complete.
+A part is written under a temporary name, fsynced and renamed, and only then named in the
+manifest, itself replaced atomically: a reader never sees a half-written part, and a crashed run
+resumes from the last committed part. pyarrow, pandas and Spark read the directory as one table
+(they skip names starting with `_` or `.`); polars and duckdb read `OUT/*.parquet`. Rejects live
+in a subdirectory rather than in a `_rejects.parquet` beside the parts, because duckdb and polars
+globs would otherwise read them as spans.
 """
 
 from __future__ import annotations
@@ -43,8 +46,7 @@ REJECT_SCHEMA = pa.schema(
 )
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
-REJECTS = "_rejects.parquet"
-REJECT_PARTS = "_rejects"
+REJECTS = "_rejects"
 MANIFEST_FORMAT = "nerbatch-annotate/1"
 
 

@@ -5,6 +5,7 @@ with a reason: nothing is dropped silently. Memory is bounded by one document (o
 
 from __future__ import annotations
 
+import codecs
 import glob
 import gzip
 import io
@@ -123,7 +124,8 @@ def _walk(directory: str, add) -> None:
             dirs[:] = []
             continue
         visited.add(real)
-        dirs.sort()
+        # Hidden like files (Spark convention): `.git`, `_rejects` of an output, `_temporary`.
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
         for name in sorted(names):
             if not name.startswith((".", "_")):
                 add(os.path.join(root, name), named=False)
@@ -179,6 +181,8 @@ def _read_txt(file: InputFile, options: ReadOptions) -> Iterator[Document | Reje
 def _read_jsonl(file: InputFile, options: ReadOptions) -> Iterator[Document | Reject]:
     with _open_binary(file) as f:
         for number, raw in enumerate(f, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]  # written by Windows tools; json.loads refuses it
             if not raw.strip():
                 continue
             fallback_id = f"{file.path}:{number}"

@@ -9,12 +9,13 @@ same span -> token-tag mapping, so the two numbers differ only by what the model
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from .conll import Document, read_conll, sentences_of
 from .errors import MissingExtraError, NerbatchError
-from .tagger import Span, Tagger, token_tags
+from .tagger import Tagger, token_tags
 from .train import token_offsets
 
 MODES = ("default", "strict")
@@ -33,6 +34,13 @@ def predict_gold(tagger: Tagger, documents: Sequence[Document], chunk: int = 512
     return predictions
 
 
+def _rate(value) -> float:
+    # seqeval's macro average over no entity types is NaN (the mean of nothing), which JSON
+    # cannot hold; zero_division=0 already reports every other undefined rate as 0.
+    value = float(value)
+    return 0.0 if math.isnan(value) else value
+
+
 def seqeval_report(gold: list[list[str]], predicted: list[list[str]]) -> dict:
     """P/R/F1 per type plus micro, macro and weighted averages, in seqeval's default
     (conlleval-compatible) mode and its strict IOB2 mode; token accuracy alongside."""
@@ -47,9 +55,9 @@ def seqeval_report(gold: list[list[str]], predicted: list[list[str]]) -> dict:
         raw = classification_report(gold, predicted, output_dict=True, zero_division=0, **kwargs)
         table = {
             name: {
-                "precision": float(v["precision"]),
-                "recall": float(v["recall"]),
-                "f1": float(v["f1-score"]),
+                "precision": _rate(v["precision"]),
+                "recall": _rate(v["recall"]),
+                "f1": _rate(v["f1-score"]),
                 "support": int(v["support"]),
             }
             for name, v in raw.items()
@@ -115,11 +123,13 @@ def format_table(report: dict) -> str:
     header = f"{'type':<14}{'P':>8}{'R':>8}{'F1':>8}{'strict F1':>11}{'support':>9}"
     lines = [header, "-" * len(header)]
     default, strict = report["default"], report["strict"]
-    names = list(default["per_type"]) + ["micro avg", "macro avg", "weighted avg"]
-    for name in names:
-        key = name.split()[0] if name.endswith("avg") else None
-        v = default[key] if key else default["per_type"][name]
-        s = strict[key] if key else strict["per_type"].get(name, {"f1": 0.0})
+    # (name, default-mode row, strict-mode row); a type that strict mode never sees scores 0.
+    rows = [
+        (name, v, strict["per_type"].get(name, {"f1": 0.0}))
+        for name, v in default["per_type"].items()
+    ]
+    rows += [(f"{key} avg", default[key], strict[key]) for key in ("micro", "macro", "weighted")]
+    for name, v, s in rows:
         lines.append(
             f"{name:<14}{100 * v['precision']:>8.2f}{100 * v['recall']:>8.2f}"
             f"{100 * v['f1']:>8.2f}{100 * s['f1']:>11.2f}{v['support']:>9}"
@@ -137,29 +147,57 @@ def score(
     predictions: str | Path | None = None,
     json_path: str | Path | None = None,
     markdown_path: str | Path | None = None,
+    png_prefix: str | Path | None = None,
     variant: str = "auto",
     batch_size: int = 64,
 ) -> dict:
     """Score a checkpoint or bundle (`model`) or an annotate output (`predictions`) against
-    `gold`; write JSON / Markdown reports where asked and return the report."""
+    `gold`; write JSON / Markdown / PNG reports where asked and return the report.
+
+    `png_prefix` P writes `P.per_type.png` and `P.confusion.png`; by default they go beside the
+    Markdown report (same name without `.md`).
+    """
+    from .report import markdown_details, plot_confusion, plot_per_type, top_errors, type_confusion
+
     if (model is None) == (predictions is None):
         raise NerbatchError("give exactly one of a model (--model) or predictions (--predictions)")
     documents = read_conll(gold)
-    gold_tags = [s.tags for s in sentences_of(documents)]
+    sentences = sentences_of(documents)
+    gold_tags = [s.tags for s in sentences]
     if model is not None:
-        tagger, description = load_tagger(model, variant=variant, batch_size=batch_size)
+        tagger, source = load_tagger(model, variant=variant, batch_size=batch_size)
         predicted = predict_gold(tagger, documents)
-        source = description
     else:
         predicted = tags_from_predictions(predictions, documents)
         source = str(predictions)
     report = seqeval_report(gold_tags, predicted)
     report["source"] = source
     report["gold"] = str(gold)
+    report["confusion"] = type_confusion(gold_tags, predicted)
+    report["errors"] = top_errors([s.tokens for s in sentences], gold_tags, predicted)
+    if png_prefix is None and markdown_path is not None:
+        png_prefix = str(Path(markdown_path).with_suffix(""))
+    if png_prefix is not None:
+        title = f"{Path(str(source).split(' (')[0].split()[-1]).name} on {Path(gold).name}"
+        report["charts"] = {
+            "per_type": f"{png_prefix}.per_type.png",
+            "confusion": f"{png_prefix}.confusion.png",
+        }
+        plot_per_type(report, report["charts"]["per_type"], f"P / R / F1 per type: {title}")
+        plot_confusion(
+            report["confusion"], report["charts"]["confusion"], f"type confusion: {title}"
+        )
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))
     if markdown_path:
-        Path(markdown_path).write_text(markdown_report(report))
+        text = (
+            markdown_report(report) + "\n" + markdown_details(report["confusion"], report["errors"])
+        )
+        if "charts" in report:
+            text += "".join(
+                f"\n![{name}]({Path(file).name})\n" for name, file in report["charts"].items()
+            )
+        Path(markdown_path).write_text(text)
     return report
 
 
@@ -203,9 +241,10 @@ def tags_from_predictions(predictions: str | Path, documents: Sequence[Document]
         )
     sentences = sentences_of(documents)
     predicted = [["O"] * len(s.tokens) for s in sentences]
-    for doc_id, parts in layout.items():
-        found: list[Span] = spans_by_doc.get(doc_id, [])
-        for index, offset in parts:
+    # Only records that have spans: the layout holds both units (document and sentence ids), and a
+    # record without spans leaves its sentences all O.
+    for doc_id, found in spans_by_doc.items():
+        for index, offset in layout[doc_id]:
             _, starts, ends = token_offsets(sentences[index].tokens)
             predicted[index] = token_tags(starts + offset, ends + offset, found)
     return predicted

@@ -176,10 +176,16 @@ class Tagger:
         ends = prediction.word_ends[last_word].tolist()
         types = kind[first_word].tolist()
         scores = (total / count).tolist()
-        return [
-            Span(s, extend_over_marks(text, e), self.labels.types[k], float(p))
-            for s, e, k, p in zip(starts, ends, types, scores, strict=True)
-        ]
+        spans = []
+        for s, e, k, p in zip(starts, ends, types, scores, strict=True):
+            # A combining mark belongs to the character before it. The tokenizer drops marks from
+            # offsets (so extend the end over them), and splits a spacing mark after CJK or
+            # punctuation into a word of its own (so a span may start on one: move past it, and
+            # drop a span made only of marks). Spans then never cut a grapheme nor overlap.
+            s, e = extend_over_marks(text, s), extend_over_marks(text, e)
+            if s < e:
+                spans.append(Span(s, e, self.labels.types[k], float(p)))
+        return spans
 
     def tag(self, texts: Sequence[str]) -> list[list[Span]]:
         """Spans for each text. The caller bounds how many texts it passes at once."""

@@ -47,6 +47,10 @@ class TrainConfig:
     scheme: str = "auto"
     token_column: int = 0
     tag_column: int = -1
+    # Fraction of training documents whose consecutive sentences are packed into multi-sentence
+    # examples (up to max_length), so the model also learns from the cross-sentence context that
+    # annotate gives it on whole documents; the rest stay one sentence per example.
+    pack_documents: float = 0.5
     max_steps: int = -1  # for smoke tests
     fp16: bool = False
     bf16: bool = False
@@ -71,7 +75,8 @@ def file_checksum(path: str | Path) -> str:
 def token_offsets(tokens: list[str]) -> tuple[str, np.ndarray, np.ndarray]:
     """The text of pre-split tokens joined by single spaces, and each token's [start, end)."""
     lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
-    starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]]).astype(np.int64)
+    starts = np.zeros(len(tokens), dtype=np.int64)  # (n_tokens,), also when there are none
+    starts[1:] = np.cumsum(lengths + 1)[:-1]
     return " ".join(tokens), starts, starts + lengths
 
 
@@ -111,6 +116,11 @@ def build_examples(
     """Model inputs for each sentence; one longer than the window is split at word boundaries
     into several examples (never truncated). Returns the examples and how many were split."""
     window = max_length - encoder.n_special
+    if window < 1:
+        raise NerbatchError(
+            f"max_length {max_length} leaves no room for sub-tokens next to the "
+            f"{encoder.n_special} special tokens; expected more than {encoder.n_special}"
+        )
     texts, starts = [], []
     for s in sentences:
         text, token_starts, _ = token_offsets(s.tokens)
@@ -148,6 +158,10 @@ def build_examples(
 
 
 def _split_at_words(enc: Encoded, window: int) -> list[tuple[int, int]]:
+    """[start, end) pieces of at most `window` sub-tokens, cut before a word where possible (a
+    single word longer than the window is cut inside)."""
+    if window < 1:
+        raise ValueError(f"window must be at least 1 sub-token, got {window}")
     if len(enc) <= window:
         return [(0, len(enc))]
     pieces, start = [], 0
@@ -161,6 +175,50 @@ def _split_at_words(enc: Encoded, window: int) -> list[tuple[int, int]]:
         pieces.append((start, end))
         start = end
     return pieces
+
+
+def pack_sentences(
+    documents: list[Document],
+    encoder: TextEncoder,
+    max_length: int,
+    fraction: float,
+    seed: int,
+) -> list[Sentence]:
+    """Training units: every sentence, except that in a random `fraction` of the documents
+    consecutive sentences are merged greedily into units of at most `max_length` sub-tokens."""
+    sentences = sentences_of(documents)
+    if fraction <= 0:
+        return sentences
+    window = max_length - encoder.n_special
+    lengths = iter(len(e) for e in encoder.encode_batch([" ".join(s.tokens) for s in sentences]))
+    rng = np.random.default_rng(seed)
+    units: list[Sentence] = []
+    for document in documents:
+        sizes = [next(lengths) for _ in document.sentences]
+        if rng.random() >= fraction:
+            units.extend(document.sentences)
+            continue
+        pack: list[Sentence] = []
+        used = 0
+        for sentence, size in zip(document.sentences, sizes, strict=True):
+            if pack and used + size > window:
+                units.append(_merge(pack))
+                pack, used = [], 0
+            pack.append(sentence)
+            used += size
+        if pack:
+            units.append(_merge(pack))
+    return units
+
+
+def _merge(sentences: list[Sentence]) -> Sentence:
+    if len(sentences) == 1:
+        return sentences[0]
+    return Sentence(
+        [t for s in sentences for t in s.tokens],
+        [t for s in sentences for t in s.tags],
+        sentences[0].line,
+    )
 
 
 def load_corpus(config: TrainConfig, split: str) -> list[Document]:
@@ -282,8 +340,11 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
         log.warning("base model has no token-type embedding: training without word shapes")
     encoder = TextEncoder(_tokenizer_copy(hf_tokenizer), word_shapes=word_shapes)
 
+    units = pack_sentences(
+        train_docs, encoder, config.max_length, config.pack_documents, config.seed
+    )
     train_examples, n_split = build_examples(
-        sentences_of(train_docs), encoder, label2id, config.max_length, config.label_all_subtokens
+        units, encoder, label2id, config.max_length, config.label_all_subtokens
     )
     if n_split:
         log.info(

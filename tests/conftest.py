@@ -220,7 +220,9 @@ def tiny_bundle(tmp_path_factory, tiny_checkpoint, tiny_conll) -> Path:
     return out
 
 
-def conll_or_skip() -> Path:
-    if not (SHARED_CONLL / "test.txt").is_file():
+@pytest.fixture(scope="session")
+def conll_dir() -> Path:
+    """The CoNLL-2003 directory (train/dev/test.txt); skips the test when it is absent."""
+    if not all((SHARED_CONLL / f"{split}.txt").is_file() for split in ("train", "dev", "test")):
         pytest.skip(f"CoNLL-2003 not found at {SHARED_CONLL} (set NERBATCH_CONLL_DIR)")
     return SHARED_CONLL

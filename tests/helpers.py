@@ -1,0 +1,158 @@
+"""Test helpers shared by the inference-side tests: fake logits functions that force known
+labels, checks of span invariants, and builders of small annotate corpora in every input format."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import unicodedata
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ner_batch.features import TextEncoder
+from ner_batch.tagger import Span
+
+
+def label_logits(labels: Sequence[str], label: str, confidence: float = 5.0) -> np.ndarray:
+    """(n_labels,) logits with `label` ahead of the others by `confidence`."""
+    row = np.zeros(len(labels), dtype=np.float32)
+    row[list(labels).index(label)] = confidence
+    return row
+
+
+def probability(n_labels: int, confidence: float) -> float:
+    """softmax probability of the winning label in `label_logits`."""
+    return float(np.exp(confidence) / (np.exp(confidence) + n_labels - 1))
+
+
+def constant_logits_fn(labels: Sequence[str], label: str) -> Callable:
+    """A LogitsFn that predicts `label` for every position."""
+    row = label_logits(labels, label)
+
+    def logits(ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(row, (*ids.shape, len(labels))).copy()
+
+    return logits
+
+
+def vocab_logits_fn(
+    encoder: TextEncoder, labels: Sequence[str], by_token: dict[str, tuple[str, float]]
+) -> Callable:
+    """A LogitsFn that predicts, for each sub-token, the (label, confidence) its vocabulary
+    entry maps to in `by_token`, and O for everything else (specials, padding)."""
+    table = np.tile(label_logits(labels, "O"), (encoder.tokenizer.get_vocab_size(), 1))
+    for token, (label, confidence) in by_token.items():
+        token_id = encoder.tokenizer.token_to_id(token)
+        assert token_id is not None, token
+        table[token_id] = label_logits(labels, label, confidence)
+
+    def logits(ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        return table[ids]
+
+    return logits
+
+
+def hashed_logits_fn(labels: Sequence[str], seed: int = 0, positional: bool = True) -> Callable:
+    """A LogitsFn whose label for a sub-token is a pseudo-random function of its id (and of its
+    position in the window, so that [UNK] varies too): every BIO sequence (I- after O, type
+    changes, B- runs) shows up on varied text."""
+    rng = np.random.default_rng(seed)
+    table = rng.normal(size=(1 << 16, len(labels))).astype(np.float32) * 4
+
+    def logits(ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        keys = ids * 7919 + (np.arange(ids.shape[1]) if positional else 0)
+        return table[keys % len(table)]
+
+    return logits
+
+
+def check_spans(text: str, spans: Sequence[Span], types: Sequence[str]) -> None:
+    """The offset contract of DESIGN.md, plus: no overlap, no cut grapheme at either end."""
+    previous_end = 0
+    for span in spans:
+        assert 0 <= span.start < span.end <= len(text), (span, len(text))
+        surface = text[span.start : span.end]
+        assert surface, span
+        assert not surface[0].isspace() and not surface[-1].isspace(), (span, surface)
+        # A combining mark belongs to the character before it: a span neither starts on one
+        # nor stops just before one.
+        assert not unicodedata.category(text[span.start]).startswith("M"), (span, surface)
+        if span.end < len(text):
+            assert not unicodedata.category(text[span.end]).startswith("M"), (span, surface)
+        assert span.start >= previous_end, ("spans overlap or are out of order", spans)
+        previous_end = span.end
+        assert span.label in types
+        assert 0.0 <= span.score <= 1.0 + 1e-6
+
+
+# Documents of the tiny corpus: words of the tiny vocabulary, so the tiny model finds something.
+DOCS = [
+    "John Smith visited Paris .",
+    "The European Commission met Mary in London .",
+    "Acme Corp said Peter Blackburn was in Berlin on Thursday .",
+    "EU rejects German call to boycott British lamb .",
+    "",
+    "Mary and John met the president of France in Paris .",
+    "Google and Apple visited London with the minister .",
+]
+
+
+def write_txt(path: Path, texts: Sequence[str], compress: bool = False) -> Path:
+    """One line per text."""
+    data = "".join(t + "\n" for t in texts).encode()
+    return _write(path, data, compress)
+
+
+def write_jsonl(path: Path, records: Sequence[dict], compress: bool = False) -> Path:
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    return _write(path, data, compress)
+
+
+def write_parquet(path: Path, columns: dict[str, list], compress: bool = False) -> Path:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table(columns), sink)
+    return _write(path, sink.getvalue().to_pybytes(), compress)
+
+
+def _write(path: Path, data: bytes, compress: bool) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data, mtime=0)
+    path.write_bytes(data)
+    return path
+
+
+def build_corpus(root: Path) -> Path:
+    """A directory with every input format, plain and gzipped, in nested folders; returns it."""
+    corpus = root / "corpus"
+    for compress in (False, True):
+        sub = corpus / ("gz" if compress else "plain")
+        for i, text in enumerate(DOCS[:3]):
+            _write(sub / "txt" / f"doc{i}.txt", text.encode(), compress)
+        write_jsonl(
+            sub / "records.jsonl",
+            [{"id": f"j{i}", "text": t} for i, t in enumerate(DOCS)],
+            compress,
+        )
+        write_parquet(
+            sub / "table.parquet",
+            {"id": [f"p{i}" for i in range(len(DOCS))], "text": DOCS},
+            compress,
+        )
+    # Skipped inside directories: unknown extension, and names starting with _ or .
+    (corpus / "notes.md").write_text("not an input")
+    (corpus / "_hidden.txt").write_text("John Smith")
+    write_txt(corpus / "_drafts" / "draft.txt", ["John Smith"])
+    write_jsonl(corpus / ".cache" / "cached.jsonl", [{"text": "John Smith"}])
+    return corpus
+
+
+def copy_bundle(bundle: Path, target: Path) -> Path:
+    shutil.copytree(bundle, target)
+    return target

@@ -1,0 +1,58 @@
+"""The real pipeline on CoNLL-2003 with the default MiniLM: train 3 epochs, export, score on gold
+and end to end from raw text. About 20 minutes on 2 CPU cores: marked slow, run by CI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from ner_batch.cli import cli
+
+pytestmark = pytest.mark.slow
+
+
+def run(*args: str) -> str:
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_minilm_pipeline_on_conll(tmp_path, conll_dir):
+    data = conll_dir
+    checkpoint, bundle = tmp_path / "minilm", tmp_path / "bundle"
+    run(
+        "train",
+        "--train",
+        str(data / "train.txt"),
+        "--dev",
+        str(data / "dev.txt"),
+        "--out",
+        str(checkpoint),
+        "--epochs",
+        "3",
+    )
+    metrics = json.loads((checkpoint / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 3
+    assert (checkpoint / "curves.png").stat().st_size > 0
+
+    run("export", str(checkpoint), "--out", str(bundle), "--test", str(data / "test.txt"))
+    meta = json.loads((bundle / "bundle.json").read_text())
+    variants = meta["variants"]
+    assert variants["fp32"]["max_abs_logit_diff"] <= 1e-3
+    assert variants["fp32"]["test_f1"] - variants["int8"]["test_f1"] <= 0.003
+
+    on_gold = tmp_path / "gold.json"
+    run("score", "--model", str(checkpoint), str(data / "test.txt"), "--json", str(on_gold))
+    pytorch_f1 = json.loads(on_gold.read_text())["default"]["micro"]["f1"]
+    assert pytorch_f1 >= 0.860
+
+    corpus, spans = tmp_path / "test.jsonl", tmp_path / "spans.parquet"
+    run("gold2corpus", str(data / "test.txt"), str(corpus), "--unit", "document")
+    run("annotate", str(corpus), str(spans), "--model", str(bundle))
+    end_to_end = tmp_path / "e2e.json"
+    run("score", "--predictions", str(spans), str(data / "test.txt"), "--json", str(end_to_end))
+    e2e_f1 = json.loads(end_to_end.read_text())["default"]["micro"]["f1"]
+    int8_on_gold = variants["int8"]["test_f1"]
+    assert abs(e2e_f1 - int8_on_gold) <= 0.005, (e2e_f1, int8_on_gold)
