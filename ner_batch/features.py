@@ -82,12 +82,16 @@ class TextEncoder:
 
     def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        return [self._to_encoded(text, e) for text, e in zip(texts, encodings, strict=True)]
+        encoded = [self._to_encoded(e) for e in encodings]
+        if self.word_shapes:
+            self._add_shapes(texts, encoded)
+        return encoded
 
     def encode(self, text: str) -> Encoded:
         return self.encode_batch([text])[0]
 
-    def _to_encoded(self, text: str, encoding) -> Encoded:
+    @staticmethod
+    def _to_encoded(encoding) -> Encoded:
         n = len(encoding.ids)
         ids = np.asarray(encoding.ids, dtype=np.int64)
         offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(n, 2)
@@ -98,22 +102,87 @@ class TextEncoder:
             first[1:] = word_ids[1:] != word_ids[:-1]
         dense = np.cumsum(first) - 1
         type_ids = np.zeros(n, dtype=np.int64)
-        if self.word_shapes and n:
-            word_start = offsets[first, 0]
-            # A word ends where its last sub-token ends.
-            last = np.ones(n, dtype=bool)
-            last[:-1] = first[1:]
-            word_end = offsets[last, 1]
-            shapes = np.fromiter(
-                (
-                    word_shape(text[s:e])
-                    for s, e in zip(word_start.tolist(), word_end.tolist(), strict=True)
-                ),
-                dtype=np.int64,
-                count=len(word_start),
-            )
-            type_ids = shapes[dense]
         return Encoded(ids, type_ids, offsets[:, 0].copy(), offsets[:, 1].copy(), dense, first)
+
+    @staticmethod
+    def _add_shapes(texts: Sequence[str], encoded: list[Encoded]) -> None:
+        """Word shapes of every word of every text in one vectorised pass over the joined text."""
+        bases = np.zeros(len(texts), dtype=np.int64)
+        bases[1:] = np.cumsum([len(t) for t in texts])[:-1]
+        starts, ends, counts = [], [], []
+        for base, enc in zip(bases.tolist(), encoded, strict=True):
+            last = np.ones(len(enc), dtype=bool)
+            last[:-1] = enc.first[1:]
+            starts.append(enc.starts[enc.first] + base)
+            ends.append(enc.ends[last] + base)  # a word ends where its last sub-token ends
+            counts.append(len(starts[-1]))
+        if not sum(counts):
+            return
+        shapes = word_shapes("".join(texts), np.concatenate(starts), np.concatenate(ends))
+        for enc, word_shape_ids in zip(
+            encoded, np.split(shapes, np.cumsum(counts)[:-1]), strict=True
+        ):
+            enc.type_ids[:] = word_shape_ids[enc.word_ids]
+
+
+# Character classes of the Basic Multilingual Plane, as bit flags (1 digit, 2 letter, 4 upper,
+# 8 lower), so that word shapes are computed with array operations, not per character.
+_DIGIT, _ALPHA, _UPPER, _LOWER = 1, 2, 4, 8
+_BMP_CLASSES: np.ndarray | None = None
+
+
+def _char_classes(codepoints: np.ndarray) -> np.ndarray:
+    global _BMP_CLASSES
+    if _BMP_CLASSES is None:
+        table = np.zeros(0x10000, dtype=np.uint8)
+        for cp in range(0x10000):
+            c = chr(cp)
+            table[cp] = (
+                _DIGIT * c.isdigit()
+                + _ALPHA * c.isalpha()
+                + _UPPER * c.isupper()
+                + _LOWER * c.islower()
+            )
+        _BMP_CLASSES = table
+    classes = _BMP_CLASSES[np.minimum(codepoints, 0xFFFF)]
+    for i in np.flatnonzero(codepoints > 0xFFFF).tolist():  # rare: emoji, historic scripts
+        c = chr(int(codepoints[i]))
+        classes[i] = (
+            _DIGIT * c.isdigit()
+            + _ALPHA * c.isalpha()
+            + _UPPER * c.isupper()
+            + _LOWER * c.islower()
+        )
+    return classes
+
+
+def word_shapes(text: str, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """`word_shape(text[s:e])` for every (s, e), vectorised: (n_words,) int64."""
+    codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    classes = _char_classes(codepoints)
+    n = len(codepoints)
+
+    def count(flag: int) -> np.ndarray:
+        running = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum((classes & flag) != 0, out=running[1:])
+        return running[ends] - running[starts]
+
+    digits, letters, upper, lower = (count(f) for f in (_DIGIT, _ALPHA, _UPPER, _LOWER))
+    # Index of the first cased character at or after each position (n when there is none).
+    cased = (classes & (_UPPER | _LOWER)) != 0
+    positions = np.where(cased, np.arange(n), n)
+    next_cased = np.append(np.minimum.accumulate(positions[::-1])[::-1], n)
+    first_cased = next_cased[starts]
+    first_is_upper = np.zeros(len(starts), dtype=bool)
+    inside = first_cased < ends
+    first_is_upper[inside] = (classes[first_cased[inside]] & _UPPER) != 0
+    shapes = np.full(len(starts), 4, dtype=np.int64)  # mixed case unless a rule below applies
+    shapes[(upper == 1) & first_is_upper] = 1  # Title (a single capital too)
+    shapes[(upper > 1) & (lower == 0)] = 2  # ALLCAPS
+    shapes[upper == 0] = 0  # lower, or letters without case
+    shapes[letters == 0] = 5  # no letters
+    shapes[digits > 0] = 3  # a digit anywhere
+    return shapes
 
 
 def extend_over_marks(text: str, end: int) -> int:

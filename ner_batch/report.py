@@ -135,7 +135,7 @@ def plot_per_type(report: dict, path: str | Path, title: str = "") -> None:
     low = min(100 * min(r[m] for m in ("precision", "recall", "f1")) for r in rows)
     ax.set_ylim(max(0, low - 10), 101)
     ax.set_title(title or "precision / recall / F1 per entity type")
-    ax.legend(loc="lower right")
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

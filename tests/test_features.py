@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import build_tokenizer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ner_batch.conll import Sentence
 from ner_batch.errors import NerbatchError
@@ -17,6 +19,7 @@ from ner_batch.features import (
     extend_over_marks,
     windows,
     word_shape,
+    word_shapes,
 )
 from ner_batch.train import IGNORE, _split_at_words, align_labels, build_examples, token_offsets
 
@@ -434,3 +437,23 @@ def test_split_at_words_covers_everything(encoder):
         for (_, end), (start, _) in zip(pieces, pieces[1:], strict=False):
             assert end == start
         assert all(0 < end - start <= window for start, end in pieces)
+
+
+@given(
+    st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=8),
+        min_size=1,
+        max_size=6,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_vectorised_word_shapes_equal_the_reference(words):
+    """`word_shapes` (array operations over the joined text) == `word_shape` per word."""
+    text = " ".join(words)
+    starts, position = [], 0
+    for word in words:
+        starts.append(position)
+        position += len(word) + 1
+    starts = np.array(starts)
+    ends = starts + np.array([len(w) for w in words])
+    assert word_shapes(text, starts, ends).tolist() == [word_shape(w) for w in words]
