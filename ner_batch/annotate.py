@@ -50,6 +50,7 @@ class AnnotateConfig:
     device: str = "cpu"
     batch_size: int = 64
     max_batch_tokens: int = 16384
+    segment: str = "lines"  # context boundaries: "lines", "paragraphs" or "none" (see tagger)
     max_length: int | None = None  # default: the bundle's
     stride: int | None = None
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
@@ -196,12 +197,14 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
         config.stride,
         config.threads,
         config.max_batch_tokens,
+        config.segment,
     )
     variant = bundle.resolve_variant(config.variant, config.device)
     settings = {
         "variant": variant,
         "max_length": tagger.window + tagger.encoder.n_special,
         "stride": tagger.stride,
+        "segment": config.segment,
         "read": asdict(config.read),
     }
     out = Path(config.output)
@@ -332,12 +335,25 @@ class _Run:
             if self.part is not None or not self.manifest["parts"]:
                 self._ensure_part()
                 self._commit()
+        except OSError as e:
+            # Readers turn their own I/O errors into rejects: this is a write (disk full, a
+            # vanished mount, a read-only directory).
+            self._abort_part()
+            raise OutputError(
+                f"cannot write to {self.out}: {e.strerror or e}; the output stays resumable from "
+                "the last committed part once the problem is fixed"
+            ) from e
         except BaseException:
-            if self.part is not None:
-                self.part.abort()
+            self._abort_part()
             raise
         finally:
             progress.close()
+
+    def _abort_part(self) -> None:
+        if self.part is not None:
+            with contextlib.suppress(OSError):  # the disk may still be full
+                self.part.abort()
+            self.part = None
 
     def _interrupted_message(self, signum: int) -> str:
         return (

@@ -122,6 +122,7 @@ class Bundle:
         stride: int | None = None,
         threads: int = 0,
         max_batch_tokens: int = 8192,
+        segment: str = "lines",
     ) -> Tagger:
         variant = self.resolve_variant(variant, device)
         self.verify(variant)
@@ -141,6 +142,7 @@ class Bundle:
                 stride,
                 batch_size,
                 max_batch_tokens,
+                segment,
             )
         except ValueError as e:  # a max_length / stride the user chose: one Error: line
             raise NerbatchError(str(e)) from e

@@ -152,14 +152,6 @@ def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
 )
 @click.option("--token-column", type=int, default=0, show_default=True)
 @click.option("--tag-column", type=int, default=-1, show_default=True)
-@click.option(
-    "--pack-documents",
-    type=click.FloatRange(0, 1),
-    default=0.5,
-    show_default=True,
-    help="Fraction of training documents whose sentences are packed into "
-    "multi-sentence examples, for whole-document annotation (0: sentences only).",
-)
 @click.option("--max-steps", type=int, default=-1, help="Stop after N steps (smoke tests).")
 @click.option("--fp16", is_flag=True, help="Mixed precision on GPU.")
 def train_cli(
@@ -179,7 +171,6 @@ def train_cli(
     scheme,
     token_column,
     tag_column,
-    pack_documents,
     max_steps,
     fp16,
 ) -> None:
@@ -211,7 +202,6 @@ def train_cli(
         scheme=scheme,
         token_column=token_column,
         tag_column=tag_column,
-        pack_documents=pack_documents,
         max_steps=max_steps,
         fp16=fp16,
     )
@@ -320,6 +310,14 @@ def export_cli(
     "--threads", type=int, default=0, show_default=True, help="ONNX Runtime threads (0: all cores)."
 )
 @click.option(
+    "--segment",
+    type=click.Choice(["lines", "paragraphs", "none"]),
+    default="lines",
+    show_default=True,
+    help="Context boundaries: every line break (headlines, list items, one sentence per line), "
+    "blank lines only, or none (hard-wrapped text).",
+)
+@click.option(
     "--txt-mode",
     type=click.Choice(["file", "lines"]),
     default="file",
@@ -373,6 +371,7 @@ def annotate_cli(
     max_length,
     stride,
     threads,
+    segment,
     txt_mode,
     text_field,
     id_field,
@@ -403,6 +402,7 @@ def annotate_cli(
         max_length=max_length,
         stride=stride,
         threads=threads,
+        segment=segment,
         part_docs=part_docs,
         overwrite=overwrite,
         read=ReadOptions(

@@ -49,6 +49,8 @@ class Encoded:
     ends: np.ndarray  # int64
     word_ids: np.ndarray  # int64 index of the word each sub-token belongs to
     first: np.ndarray  # bool: sub-token is the first of its word
+    # int64 line breaks between the previous sub-token and this one (0 for the first)
+    newlines: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -83,8 +85,7 @@ class TextEncoder:
     def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         encoded = [self._to_encoded(e) for e in encodings]
-        if self.word_shapes:
-            self._add_shapes(texts, encoded)
+        self._add_text_features(texts, encoded)
         return encoded
 
     def encode(self, text: str) -> Encoded:
@@ -104,21 +105,31 @@ class TextEncoder:
         type_ids = np.zeros(n, dtype=np.int64)
         return Encoded(ids, type_ids, offsets[:, 0].copy(), offsets[:, 1].copy(), dense, first)
 
-    @staticmethod
-    def _add_shapes(texts: Sequence[str], encoded: list[Encoded]) -> None:
-        """Word shapes of every word of every text in one vectorised pass over the joined text."""
+    def _add_text_features(self, texts: Sequence[str], encoded: list[Encoded]) -> None:
+        """Word shapes and line breaks of every text, in one vectorised pass over the joined
+        text (no per-word Python in the hot path)."""
         bases = np.zeros(len(texts), dtype=np.int64)
         bases[1:] = np.cumsum([len(t) for t in texts])[:-1]
+        joined = "".join(texts)
+        codepoints = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        newlines_upto = np.zeros(len(codepoints) + 1, dtype=np.int64)
+        np.cumsum(codepoints == 10, out=newlines_upto[1:])
         starts, ends, counts = [], [], []
         for base, enc in zip(bases.tolist(), encoded, strict=True):
-            last = np.ones(len(enc), dtype=bool)
-            last[:-1] = enc.first[1:]
-            starts.append(enc.starts[enc.first] + base)
-            ends.append(enc.ends[last] + base)  # a word ends where its last sub-token ends
-            counts.append(len(starts[-1]))
+            enc.newlines = np.zeros(len(enc), dtype=np.int64)
+            if len(enc) > 1:
+                enc.newlines[1:] = (
+                    newlines_upto[enc.starts[1:] + base] - newlines_upto[enc.ends[:-1] + base]
+                )
+            if self.word_shapes:
+                last = np.ones(len(enc), dtype=bool)
+                last[:-1] = enc.first[1:]
+                starts.append(enc.starts[enc.first] + base)
+                ends.append(enc.ends[last] + base)  # a word ends where its last sub-token ends
+                counts.append(len(starts[-1]))
         if not sum(counts):
             return
-        shapes = word_shapes("".join(texts), np.concatenate(starts), np.concatenate(ends))
+        shapes = word_shapes(joined, np.concatenate(starts), np.concatenate(ends), codepoints)
         for enc, word_shape_ids in zip(
             encoded, np.split(shapes, np.cumsum(counts)[:-1]), strict=True
         ):
@@ -156,9 +167,13 @@ def _char_classes(codepoints: np.ndarray) -> np.ndarray:
     return classes
 
 
-def word_shapes(text: str, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """`word_shape(text[s:e])` for every (s, e), vectorised: (n_words,) int64."""
-    codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+def word_shapes(
+    text: str, starts: np.ndarray, ends: np.ndarray, codepoints: np.ndarray | None = None
+) -> np.ndarray:
+    """`word_shape(text[s:e])` for every (s, e), vectorised: (n_words,) int64. `codepoints`
+    may pass the text's UTF-32 code points when the caller already has them."""
+    if codepoints is None:
+        codepoints = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     classes = _char_classes(codepoints)
     n = len(codepoints)
 

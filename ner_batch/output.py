@@ -114,6 +114,8 @@ class PartWriter:
     def abort(self) -> None:
         try:
             self.writer.close()
+        except OSError:
+            pass  # closing flushes, which fails on a full disk: the file is dropped anyway
         finally:
             self.tmp.unlink(missing_ok=True)
 

@@ -50,6 +50,7 @@ class InputFile:
     format: str
     size: int
     mtime: float
+    error: str | None = None  # found in a directory but not stat-able: read_file rejects it
 
     @property
     def compressed(self) -> bool:
@@ -88,7 +89,11 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputFile], list[str]]:
         try:
             stat = os.stat(path)
         except OSError as e:
-            raise InputError(f"{path}: cannot read: {e.strerror}") from e
+            if named:
+                raise InputError(f"{path}: cannot read: {e.strerror}") from e
+            # A broken link or a link loop inside a directory: reject it, keep the others.
+            files.append(InputFile(path, fmt, -1, 0.0, error=f"cannot read: {e.strerror}"))
+            return
         files.append(InputFile(path, fmt, stat.st_size, stat.st_mtime))
 
     for given in inputs:
@@ -140,6 +145,9 @@ def read_file(file: InputFile, options: ReadOptions) -> Iterator[Document | Reje
     """Documents of one input file, in order. Errors that end the file early (a truncated .gz,
     an I/O error) come out as a Reject for the rest of the file, after what was read."""
     reader = {"txt": _read_txt, "jsonl": _read_jsonl, "parquet": _read_parquet}[file.format]
+    if file.error:
+        yield Reject(file.path, None, None, file.error)
+        return
     count = 0
     try:
         for item in reader(file, options):

@@ -36,6 +36,7 @@ class Prediction:
     probs: np.ndarray  # (n_words,) float32
     word_starts: np.ndarray  # (n_words,) int64
     word_ends: np.ndarray  # (n_words,) int64
+    opens_segment: np.ndarray | None = None  # (n_words,) bool: no entity continues into it
 
 
 class LabelSet:
@@ -56,6 +57,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+# How many line breaks between two sub-tokens end a segment: context never crosses a segment
+# boundary. "lines": every line is tagged on its own (headlines, list items, table rows, and one
+# sentence per line as in CoNLL); "paragraphs": blank lines separate; "none": whole documents.
+SEGMENTS = {"lines": 1, "paragraphs": 2, "none": 0}
+
+
 class Tagger:
     """Runs a LogitsFn over encoded texts in length-sorted, dynamically padded batches."""
 
@@ -68,7 +75,11 @@ class Tagger:
         stride: int = 32,
         batch_size: int = 32,
         max_batch_tokens: int = 8192,
+        segment: str = "lines",
     ):
+        if segment not in SEGMENTS:
+            raise ValueError(f"unknown segment mode {segment!r}; expected one of {list(SEGMENTS)}")
+        self.min_newlines = SEGMENTS[segment]
         self.encoder = encoder
         self.labels = LabelSet(labels)
         self.logits_fn = logits_fn
@@ -91,7 +102,7 @@ class Tagger:
         owners: list[np.ndarray] = []
         window_base: list[int] = []
         for t, enc in enumerate(encoded):
-            spans = windows(len(enc), self.window, self.stride)
+            spans = self._windows(enc)
             window_base.append(len(jobs))
             owners.append(best_window(len(enc), spans))
             jobs.extend((t, s, e) for s, e in spans)
@@ -117,10 +128,27 @@ class Tagger:
             first = enc.first
             last = np.ones(len(enc), dtype=bool)
             last[:-1] = first[1:]
+            opens_segment = None
+            if self.min_newlines and enc.newlines is not None:
+                opens_segment = enc.newlines[first] >= self.min_newlines
             predictions.append(
-                Prediction(labels[first], probs[first], enc.starts[first], enc.ends[last])
+                Prediction(
+                    labels[first], probs[first], enc.starts[first], enc.ends[last], opens_segment
+                )
             )
         return predictions
+
+    def _windows(self, enc: Encoded) -> list[tuple[int, int]]:
+        """Overlapping windows within each segment of the text (segments never share one)."""
+        bounds = [0, len(enc)]
+        if self.min_newlines and enc.newlines is not None and len(enc):
+            breaks = np.flatnonzero(enc.newlines >= self.min_newlines)
+            bounds = [0, *breaks[breaks > 0].tolist(), len(enc)]
+        return [
+            (start + s, start + e)
+            for start, end in zip(bounds[:-1], bounds[1:], strict=True)
+            for s, e in windows(end - start, self.window, self.stride)
+        ]
 
     def _batches(self, order: list[int], jobs: list[tuple[int, int, int]]):
         batch: list[int] = []
@@ -162,6 +190,8 @@ class Tagger:
             return []
         previous = np.concatenate([[-1], kind[:-1]])
         opens = (kind >= 0) & (self.labels.is_begin[prediction.labels] | (previous != kind))
+        if prediction.opens_segment is not None:
+            opens |= (kind >= 0) & prediction.opens_segment  # entities never cross segments
         chunk = np.cumsum(opens) - 1
         inside = kind >= 0
         first_word = np.flatnonzero(opens)

@@ -47,10 +47,6 @@ class TrainConfig:
     scheme: str = "auto"
     token_column: int = 0
     tag_column: int = -1
-    # Fraction of training documents whose consecutive sentences are packed into multi-sentence
-    # examples (up to max_length), so the model also learns from the cross-sentence context that
-    # annotate gives it on whole documents; the rest stay one sentence per example.
-    pack_documents: float = 0.5
     max_steps: int = -1  # for smoke tests
     fp16: bool = False
     bf16: bool = False
@@ -177,50 +173,6 @@ def _split_at_words(enc: Encoded, window: int) -> list[tuple[int, int]]:
     return pieces
 
 
-def pack_sentences(
-    documents: list[Document],
-    encoder: TextEncoder,
-    max_length: int,
-    fraction: float,
-    seed: int,
-) -> list[Sentence]:
-    """Training units: every sentence, except that in a random `fraction` of the documents
-    consecutive sentences are merged greedily into units of at most `max_length` sub-tokens."""
-    sentences = sentences_of(documents)
-    if fraction <= 0:
-        return sentences
-    window = max_length - encoder.n_special
-    lengths = iter(len(e) for e in encoder.encode_batch([" ".join(s.tokens) for s in sentences]))
-    rng = np.random.default_rng(seed)
-    units: list[Sentence] = []
-    for document in documents:
-        sizes = [next(lengths) for _ in document.sentences]
-        if rng.random() >= fraction:
-            units.extend(document.sentences)
-            continue
-        pack: list[Sentence] = []
-        used = 0
-        for sentence, size in zip(document.sentences, sizes, strict=True):
-            if pack and used + size > window:
-                units.append(_merge(pack))
-                pack, used = [], 0
-            pack.append(sentence)
-            used += size
-        if pack:
-            units.append(_merge(pack))
-    return units
-
-
-def _merge(sentences: list[Sentence]) -> Sentence:
-    if len(sentences) == 1:
-        return sentences[0]
-    return Sentence(
-        [t for s in sentences for t in s.tokens],
-        [t for s in sentences for t in s.tags],
-        sentences[0].line,
-    )
-
-
 def load_corpus(config: TrainConfig, split: str) -> list[Document]:
     path = getattr(config, split)
     if path:
@@ -340,11 +292,8 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
         log.warning("base model has no token-type embedding: training without word shapes")
     encoder = TextEncoder(_tokenizer_copy(hf_tokenizer), word_shapes=word_shapes)
 
-    units = pack_sentences(
-        train_docs, encoder, config.max_length, config.pack_documents, config.seed
-    )
     train_examples, n_split = build_examples(
-        units, encoder, label2id, config.max_length, config.label_all_subtokens
+        sentences_of(train_docs), encoder, label2id, config.max_length, config.label_all_subtokens
     )
     if n_split:
         log.info(

@@ -369,3 +369,33 @@ def test_onnx_tagger_matches_pytorch_tagger(bundle, checkpoint, onnx_tagger):
         if len(a.labels):
             assert (a.labels == b.labels).mean() >= 0.95
         np.testing.assert_allclose(a.probs, b.probs, atol=1e-3)
+
+
+# --- segments: line breaks as context boundaries ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("segment", "expected"),
+    [("lines", [(0, 2), (2, 4), (4, 5)]), ("paragraphs", [(0, 4), (4, 5)]), ("none", [(0, 5)])],
+)
+def test_windows_stop_at_segment_boundaries(tiny_bundle, segment, expected):
+    bundle = load_bundle(tiny_bundle)
+    tagger = bundle.tagger(variant="fp32", segment=segment)
+    encoded = tagger.encoder.encode("john smith\nmary paris\n\nberlin")
+    assert len(encoded) == 5
+    assert tagger._windows(encoded) == expected
+
+
+@pytest.mark.parametrize(("segment", "n_spans"), [("lines", 2), ("none", 1)])
+def test_an_entity_never_crosses_a_segment_boundary(tiny_bundle, segment, n_spans):
+    bundle = load_bundle(tiny_bundle)
+    labels = bundle.labels
+    tagger = Tagger(
+        bundle.encoder(), labels, constant_logits_fn(labels, "I-PER"), 32, 8, segment=segment
+    )
+    text = "John Smith\nMary Jones"
+    spans = tagger.tag([text])[0]
+    assert len(spans) == n_spans
+    assert [text[s.start : s.end] for s in spans] == (
+        ["John Smith", "Mary Jones"] if n_spans == 2 else [text]
+    )
