@@ -1,0 +1,327 @@
+"""Annotate throughput and memory against the Hugging Face pipeline, in one run.
+
+Every system runs in its own subprocess on the same texts, so peak RSS (from wait4) is its own.
+Rows: `transformers.pipeline("token-classification")` on the PyTorch checkpoint (batch 32,
+aggregation "first": the baseline), `nerbatch annotate` end to end (read -> tokenise -> infer ->
+spans -> Parquet) with the default int8 variant and with fp32, and a bare ONNX Runtime loop
+(model time only, length-sorted batches) for reference. Ratios are to the baseline measured in
+the same run. F1 is seqeval against the gold the texts came from.
+
+    python benchmarks/throughput.py --checkpoint runs/minilm --bundle export/minilm \
+        --data ../shared/data/conll2003
+    python benchmarks/throughput.py ... --scaling 1,5,20 [--tiny-bundle DIR --tiny-scaling 50,1000]
+
+`--scaling` sizes (MB of JSONL generated from CoNLL train text: many documents of mixed length,
+some very long) run annotate with the real bundle and report tokens/s and peak RSS per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+
+
+# --- workers (each in its own process) -----------------------------------------------------------
+
+
+def gold_sentences(data: Path):
+    from ner_batch.conll import read_conll, sentences_of
+
+    return sentences_of(read_conll(data / "test.txt"))
+
+
+def f1_of(sentences, spans_per_text) -> float:
+    from ner_batch.score import seqeval_report
+    from ner_batch.tagger import token_tags
+    from ner_batch.train import token_offsets
+
+    predicted = []
+    for sentence, spans in zip(sentences, spans_per_text, strict=True):
+        _, starts, ends = token_offsets(sentence.tokens)
+        predicted.append(token_tags(starts, ends, spans))
+    report = seqeval_report([s.tags for s in sentences], predicted)
+    return report["default"]["micro"]["f1"]
+
+
+def worker_pipeline(args) -> dict:
+    import torch
+    from transformers import pipeline
+
+    from ner_batch.tagger import Span
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    sentences = gold_sentences(Path(args.data))
+    texts = [" ".join(s.tokens) for s in sentences]
+    nlp = pipeline(
+        "token-classification", model=args.checkpoint, aggregation_strategy="first", device=-1
+    )
+    nlp(texts[:64], batch_size=32)  # warm-up, not timed
+    started = time.perf_counter()
+    outputs = nlp(texts, batch_size=32)
+    seconds = time.perf_counter() - started
+    spans = [
+        [Span(o["start"], o["end"], o["entity_group"], float(o["score"])) for o in out]
+        for out in outputs
+    ]
+    return {"seconds": seconds, "documents": len(texts), "f1": f1_of(sentences, spans)}
+
+
+def worker_annotate(args) -> dict:
+    from ner_batch.annotate import AnnotateConfig, annotate
+    from ner_batch.output import read_spans
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(args.corpus) if args.corpus else Path(tmp) / "corpus.jsonl"
+        sentences = None
+        if not args.corpus:
+            sentences = gold_sentences(Path(args.data))
+            with open(corpus, "w") as f:
+                for i, s in enumerate(sentences):
+                    f.write(json.dumps({"id": str(i), "text": " ".join(s.tokens)}) + "\n")
+        out = Path(tmp) / "out.parquet"
+        started = time.perf_counter()
+        summary = annotate(
+            AnnotateConfig(
+                inputs=[str(corpus)],
+                output=str(out),
+                model=args.bundle,
+                variant=args.variant,
+                threads=args.threads,
+                batch_size=args.batch_size,
+                max_batch_tokens=args.max_batch_tokens,
+            )
+        )
+        seconds = time.perf_counter() - started
+        result = {
+            "seconds": seconds,
+            "documents": summary["documents"],
+            "tokens": summary["tokens"],
+        }
+        if sentences is not None:
+            by_doc = read_spans(out)
+            result["f1"] = f1_of(sentences, [by_doc.get(str(i), []) for i in range(len(sentences))])
+    return result
+
+
+def worker_bare_onnx(args) -> dict:
+    """Model time only: tokenise everything first, then length-sorted padded batches."""
+    import numpy as np
+
+    from ner_batch.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    variant = bundle.resolve_variant(args.variant)
+    session = bundle.session(variant, threads=args.threads)
+    encoder = bundle.encoder()
+    texts = [" ".join(s.tokens) for s in gold_sentences(Path(args.data))]
+    encoded = sorted(encoder.encode_batch(texts), key=len)
+    batches = []
+    for i in range(0, len(encoded), args.batch_size):
+        group = encoded[i : i + args.batch_size]
+        width = max(len(e) for e in group) + 2
+        ids = np.zeros((len(group), width), dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, e in enumerate(group):
+            ids[row, : len(e) + 2] = [*encoder.prefix_ids, *e.ids.tolist(), *encoder.suffix_ids]
+            mask[row, : len(e) + 2] = 1
+        batches.append(
+            {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        )
+    session.run(None, batches[0])
+    started = time.perf_counter()
+    for feed in batches:
+        session.run(None, feed)
+    return {"seconds": time.perf_counter() - started, "documents": len(texts)}
+
+
+WORKERS = {"pipeline": worker_pipeline, "annotate": worker_annotate, "bare": worker_bare_onnx}
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+
+def spawn(kind: str, **options) -> dict:
+    """Run a worker in a subprocess; add its peak RSS (MB) from wait4."""
+    command = [sys.executable, str(HERE), "--worker", kind]
+    for key, value in options.items():
+        if value is not None:
+            command += [f"--{key.replace('_', '-')}", str(value)]
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as result_file:
+        process = subprocess.Popen([*command, "--result", result_file.name])
+        _, status, usage = os.wait4(process.pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise SystemExit(f"worker {kind} failed ({status})")
+        result = json.loads(Path(result_file.name).read_text())
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    return result
+
+
+def count_tokens(bundle: str, data: Path) -> int:
+    from ner_batch.bundle import load_bundle
+
+    encoder = load_bundle(bundle).encoder()
+    return sum(
+        len(e) for e in encoder.encode_batch([" ".join(s.tokens) for s in gold_sentences(data)])
+    )
+
+
+def make_corpus(path: Path, megabytes: float, data: Path, seed: int = 0) -> None:
+    """JSONL documents built from CoNLL train sentences: mostly 1-40 sentences, 1% with
+    500-3000 (very long documents), until the file reaches the size."""
+    from ner_batch.conll import read_conll, sentences_of
+
+    lines = [" ".join(s.tokens) for s in sentences_of(read_conll(data / "train.txt"))]
+    rng = random.Random(seed)
+    target = int(megabytes * 1_000_000)
+    written = 0
+    with open(path, "w") as f:
+        i = 0
+        while written < target:
+            n = rng.randint(500, 3000) if rng.random() < 0.01 else rng.randint(1, 40)
+            start = rng.randrange(len(lines))
+            text = "\n".join(lines[(start + k) % len(lines)] for k in range(n))
+            record = json.dumps({"id": f"d{i}", "text": text}) + "\n"
+            f.write(record)
+            written += len(record.encode())
+            i += 1
+
+
+def cpu_peak_gflops() -> tuple[float, str]:
+    """Peak fp32 FLOP/s of this CPU: cores x clock x FLOPs per cycle (2 FMA units x 8 lanes
+    x 2 with AVX2+FMA; 2 x 16 x 2 with AVX-512)."""
+    flags = Path("/proc/cpuinfo").read_text()
+    mhz = max(
+        float(line.split(":")[1]) for line in flags.splitlines() if line.startswith("cpu MHz")
+    )
+    per_cycle = 64 if "avx512f" in flags else 32 if "fma" in flags else 8
+    cores = os.cpu_count() or 1
+    return cores * mhz / 1000 * per_cycle, (
+        f"{cores} cores x {mhz / 1000:.2f} GHz x {per_cycle} FLOP/cycle"
+    )
+
+
+def flops_per_token(bundle: str, seq: float) -> float:
+    """2 x the MatMul/Gemm weights per token, plus attention scores and mixing
+    (2 x 2 x seq x hidden per layer), read from the fp32 graph."""
+    import onnx
+    from onnx import numpy_helper
+
+    from ner_batch.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    model = onnx.load(str(b.path / b.meta["variants"]["fp32"]["file"]))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    total, layers, hidden = 0, 0, 0
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm", "Attention") and len(node.input) > 1:
+            w = weights.get(node.input[1])
+            if w is not None and w.ndim == 2:
+                total += 2 * w.size
+                if node.op_type == "Attention":
+                    layers += 1
+                    hidden = w.shape[0]
+    return total + layers * 4 * seq * hidden
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", choices=sorted(WORKERS))
+    parser.add_argument("--result")
+    parser.add_argument("--checkpoint", default="runs/minilm")
+    parser.add_argument("--bundle", default="export/minilm")
+    parser.add_argument("--data", default="../shared/data/conll2003")
+    parser.add_argument("--variant", default="auto")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--corpus")
+    parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--scaling", default="", help="MB sizes with the real bundle, e.g. 5,20")
+    parser.add_argument("--tiny-bundle", help="A tiny random bundle for --tiny-scaling")
+    parser.add_argument("--tiny-scaling", default="", help="MB sizes with the tiny bundle")
+    args = parser.parse_args()
+
+    if args.worker:
+        result = WORKERS[args.worker](args)
+        Path(args.result).write_text(json.dumps(result))
+        return
+
+    data = Path(args.data)
+    tokens = count_tokens(args.bundle, data)
+    rows = []
+    common = {"bundle": args.bundle, "data": args.data, "threads": args.threads}
+    if not args.skip_pipeline:
+        rows.append(
+            (
+                "HF pipeline, PyTorch fp32 (baseline)",
+                spawn("pipeline", checkpoint=args.checkpoint, data=args.data),
+            )
+        )
+    rows.append(("nerbatch annotate, int8 (default)", spawn("annotate", variant="auto", **common)))
+    rows.append(("nerbatch annotate, fp32", spawn("annotate", variant="fp32", **common)))
+    rows.append(
+        (
+            "bare ORT int8 loop, model time only",
+            spawn("bare", variant="int8", batch_size=32, **common),
+        )
+    )
+    base = rows[0][1]["seconds"] if not args.skip_pipeline else None
+    peak, peak_how = cpu_peak_gflops()
+    print(
+        f"\nCoNLL-2003 test, {rows[0][1]['documents']} sentences as documents, {tokens} "
+        f"sub-word tokens; {os.cpu_count()} CPU cores"
+    )
+    print("| system | docs/s | tokens/s | x baseline | peak RSS MB | F1 |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in rows:
+        ratio = f"{base / r['seconds']:.2f}" if base else "-"
+        f1 = f"{100 * r['f1']:.2f}" if "f1" in r else "-"
+        print(
+            f"| {name} | {r['documents'] / r['seconds']:,.0f} | {tokens / r['seconds']:,.0f} | "
+            f"{ratio} | {r['peak_rss_mb']:,.0f} | {f1} |"
+        )
+    seq = tokens / rows[0][1]["documents"] + 2
+    per_token = flops_per_token(args.bundle, seq)
+    default = rows[1 if base else 0][1]
+    achieved = tokens / default["seconds"] * per_token / 1e9
+    print(
+        f"\nefficiency: {tokens / default['seconds']:,.0f} tokens/s x {per_token / 1e6:.1f} "
+        f"MFLOP/token (2 x MatMul weights + attention at {seq:.0f} tokens) = "
+        f"{achieved:.1f} GFLOP/s of a {peak:.0f} GFLOP/s fp32 peak ({peak_how}): "
+        f"{100 * achieved / peak:.1f}%"
+    )
+
+    for label, bundle, sizes in (
+        ("real bundle", args.bundle, args.scaling),
+        ("tiny random bundle", args.tiny_bundle, args.tiny_scaling),
+    ):
+        if not sizes or not bundle:
+            continue
+        print(f"\nscaling, {label}:")
+        print("| corpus MB | documents | tokens | tokens/s | peak RSS MB |")
+        print("| ---: | ---: | ---: | ---: | ---: |")
+        for size in [float(s) for s in sizes.split(",")]:
+            with tempfile.TemporaryDirectory() as tmp:
+                corpus = Path(tmp) / f"corpus-{size}mb.jsonl"
+                make_corpus(corpus, size, data)
+                r = spawn(
+                    "annotate", variant="auto", corpus=str(corpus), **{**common, "bundle": bundle}
+                )
+            print(
+                f"| {size:g} | {r['documents']:,} | {r['tokens']:,} | "
+                f"{r['tokens'] / r['seconds']:,.0f} | {r['peak_rss_mb']:,.0f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
