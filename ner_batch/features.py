@@ -82,11 +82,52 @@ class TextEncoder:
             pad = tokenizer.token_to_id("<pad>")
         self.pad_id = int(pad or 0)
 
+    # Texts longer than this are tokenised in pieces cut at whitespace: the tokenizer's Python
+    # results (lists of ints and offset tuples) cost ~100 bytes per token, too much for a 50 MB
+    # document at once. A BERT pre-tokenizer splits at whitespace anyway, so nothing changes.
+    piece_chars = 1_000_000
+
     def encode_batch(self, texts: Sequence[str]) -> list[Encoded]:
+        if any(len(t) > self.piece_chars for t in texts):
+            return [
+                self._encode_long(t) if len(t) > self.piece_chars else self.encode_batch([t])[0]
+                for t in texts
+            ]
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         encoded = [self._to_encoded(e) for e in encodings]
         self._add_text_features(texts, encoded)
         return encoded
+
+    def _encode_long(self, text: str) -> Encoded:
+        cuts = [0]
+        while len(text) - cuts[-1] > self.piece_chars:
+            end = cuts[-1] + self.piece_chars
+            space = max(text.rfind(" ", cuts[-1], end), text.rfind("\n", cuts[-1], end))
+            cuts.append(space + 1 if space > cuts[-1] else end)
+        cuts.append(len(text))
+        parts = []
+        words = 0
+        for start, end in zip(cuts[:-1], cuts[1:], strict=True):
+            part = self.encode_batch([text[start:end]])[0]
+            n_words = part.n_words
+            part.starts += start
+            part.ends += start
+            part.word_ids += words
+            words += n_words
+            parts.append(part)
+        joined = Encoded(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("ids", "type_ids", "starts", "ends", "word_ids", "first", "newlines")
+            )
+        )
+        # Line breaks across a cut: count them in the whole text where a piece begins.
+        offsets = np.cumsum([0] + [len(p) for p in parts])[1:-1]
+        for at in offsets.tolist():
+            if at and at < len(joined):
+                gap = text[joined.ends[at - 1] : joined.starts[at]]
+                joined.newlines[at] = gap.count("\n")
+        return joined
 
     def encode(self, text: str) -> Encoded:
         return self.encode_batch([text])[0]

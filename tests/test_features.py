@@ -457,3 +457,21 @@ def test_vectorised_word_shapes_equal_the_reference(words):
     starts = np.array(starts)
     ends = starts + np.array([len(w) for w in words])
     assert word_shapes(text, starts, ends).tolist() == [word_shape(w) for w in words]
+
+
+@pytest.mark.parametrize("piece_chars", [50, 997, 4096])
+def test_long_texts_encoded_in_pieces_equal_the_whole(tmp_path, piece_chars):
+    """A text longer than `piece_chars` is tokenised in whitespace-cut pieces (to bound memory
+    on huge documents); the result is the same as encoding it at once."""
+    import random
+
+    build_tokenizer(tmp_path)
+    encoder = TextEncoder(tmp_path / "tokenizer.json")
+    rng = random.Random(piece_chars)
+    words = ["John", "smith", "visited", "PARIS", "2024", "and\n", "met", "Mary", "U.S.", "\n\n"]
+    text = " ".join(rng.choice(words) for _ in range(3000))
+    whole = encoder.encode(text)
+    encoder.piece_chars = piece_chars
+    pieces = encoder.encode(text)
+    for field in ("ids", "type_ids", "starts", "ends", "word_ids", "first", "newlines"):
+        assert np.array_equal(getattr(whole, field), getattr(pieces, field)), field

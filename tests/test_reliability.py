@@ -328,3 +328,34 @@ def test_full_disk_stops_with_a_clear_error_and_stays_resumable(tiny_bundle, tmp
     assert summary["documents_this_run"] == summary["documents"] - done_before
     assert sorted_rows(out) == sorted_rows(reference)
     assert sorted_rejects(out) == sorted_rejects(reference)
+
+
+@pytest.mark.slow
+def test_a_50_mb_single_document(tiny_bundle, tmp_path):
+    """One 50 MB document: annotated whole (every word labelled, offsets exact), in bounded
+    memory (tokenised in pieces)."""
+    import resource
+
+    rng = random.Random(50)
+    words = ["John", "Smith", "visited", "Paris", "and", "met", "Mary", "in", "London", "."]
+    path = tmp_path / "in" / "huge.txt"
+    path.parent.mkdir()
+    with open(path, "w") as f:
+        size = 0
+        while size < 50_000_000:
+            line = " ".join(rng.choice(words) for _ in range(200)) + "\n"
+            f.write(line)
+            size += len(line)
+    out = tmp_path / "out.parquet"
+    summary = run(tiny_bundle, [path], out)
+    assert (summary["documents"], summary["annotated"]) == (1, 1)
+    assert summary["tokens"] > 8_000_000
+    text = path.read_text()
+    table = pq.read_table(out, columns=["start", "end", "text"])
+    starts, ends = table.column("start").to_pylist(), table.column("end").to_pylist()
+    assert all(
+        text[s:e] == t
+        for s, e, t in zip(starts, ends, table.column("text").to_pylist(), strict=True)
+    )
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
+    assert peak_gb < 6, f"peak RSS {peak_gb:.1f} GB"
