@@ -291,13 +291,22 @@ class _Run:
         self.started = time.monotonic()
         self.run_tokens = 0
         self.run_docs = 0
+        self.pending = None  # (chunk, future of its inference) while it is in flight
 
     def process(self, stream: Iterator[Document | Reject], skip: int, stop: StopFlag) -> None:
+        """Read, tag and write the stream from document `skip` on, committing part by part.
+
+        One chunk is inferred (tokenise + ONNX Runtime, both release the GIL) in a worker
+        thread while the main thread decodes and writes the previous chunk and reads the next.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
         from tqdm import tqdm
 
-        progress = tqdm(
+        self.progress = tqdm(
             unit="doc", disable=True if self.silent else None, desc="annotate", dynamic_ncols=True
         )
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerbatch-infer")
         chunk: list[Document] = []
         chunk_chars = 0
         try:
@@ -319,19 +328,16 @@ class _Run:
                     or len(chunk) >= self.config.chunk_docs
                     or chunk_chars >= self.config.chunk_chars
                 ):
-                    self._tag(chunk)
-                    progress.update(len(chunk))
+                    self._submit(executor, chunk)
                     chunk, chunk_chars = [], 0
-                if part_full:
+                if part_full or (stop.signal is not None and not chunk):
+                    self._drain()
                     self._commit()
                     if stop.signal is not None:
                         raise Interrupted(self._interrupted_message(stop.signal))
-                elif stop.signal is not None and not chunk:
-                    self._commit()
-                    raise Interrupted(self._interrupted_message(stop.signal))
             if chunk:
-                self._tag(chunk)
-                progress.update(len(chunk))
+                self._submit(executor, chunk)
+            self._drain()
             if self.part is not None or not self.manifest["parts"]:
                 self._ensure_part()
                 self._commit()
@@ -347,7 +353,22 @@ class _Run:
             self._abort_part()
             raise
         finally:
-            progress.close()
+            executor.shutdown(wait=True, cancel_futures=True)
+            self.progress.close()
+
+    def _submit(self, executor, chunk: list[Document]) -> None:
+        """Start inferring `chunk`; meanwhile write the chunk before it."""
+        future = executor.submit(self._infer, chunk)
+        self._drain()
+        self.pending = (chunk, future)
+
+    def _drain(self) -> None:
+        """Write the chunk in flight, if any (waits for its inference)."""
+        if self.pending is not None:
+            chunk, future = self.pending
+            self.pending = None
+            self._write(chunk, *future.result())
+            self.progress.update(len(chunk))
 
     def _abort_part(self) -> None:
         if self.part is not None:
@@ -366,10 +387,11 @@ class _Run:
             name = f"part-{len(self.manifest['parts']):05d}.parquet"
             self.part = PartWriter(self.out / name)
 
-    def _tag(self, chunk: list[Document]) -> None:
-        texts = [d.text for d in chunk]
-        encoded = self.tagger.encoder.encode_batch(texts)
-        predictions = self.tagger.predict(encoded)
+    def _infer(self, chunk: list[Document]):
+        encoded = self.tagger.encoder.encode_batch([d.text for d in chunk])
+        return encoded, self.tagger.predict(encoded)
+
+    def _write(self, chunk: list[Document], encoded, predictions) -> None:
         for document, enc, prediction in zip(chunk, encoded, predictions, strict=True):
             spans = self.tagger.spans(document.text, prediction)
             self.part.add(document.doc_id, document.source, document.text, spans, self.model_id)
