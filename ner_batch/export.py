@@ -263,17 +263,21 @@ def _torch_export(model, path: Path) -> None:
         )
 
 
-def _optimize(source: Path, target: Path, config) -> dict:
-    """ORT's BERT fusions (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNorm)."""
+def _ort_optimizer(source: Path, config, opt_level: int):
     from onnxruntime.transformers.optimizer import optimize_model
 
-    optimized = optimize_model(
+    return optimize_model(
         str(source),
         model_type="bert",
         num_heads=config.num_attention_heads,
         hidden_size=config.hidden_size,
-        opt_level=1,
+        opt_level=opt_level,
     )
+
+
+def _optimize(source: Path, target: Path, config) -> dict:
+    """ORT's BERT fusions (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNorm)."""
+    optimized = _ort_optimizer(source, config, opt_level=1)
     optimized.save_model_to_file(str(target))
     return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
 
@@ -294,15 +298,7 @@ def _quantize(source: Path, target: Path) -> None:
 
 
 def _to_fp16(source: Path, target: Path, config) -> None:
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    model = optimize_model(
-        str(source),
-        model_type="bert",
-        num_heads=config.num_attention_heads,
-        hidden_size=config.hidden_size,
-        opt_level=0,
-    )
+    model = _ort_optimizer(source, config, opt_level=0)
     # Inputs stay int64 and logits come out as float32, so callers are the same for all variants.
     model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(target))

