@@ -240,9 +240,16 @@ def main() -> None:
     parser.add_argument("--bundle", default="export/minilm")
     parser.add_argument("--data", default="../shared/data/conll2003")
     parser.add_argument("--variant", default="auto")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="cuda: annotate rows use the fp16 variant on CUDAExecutionProvider "
+        "(needs onnxruntime-gpu and a GPU)",
+    )
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-batch-tokens", type=int, default=4096)
     parser.add_argument("--corpus")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--scaling", default="", help="MB sizes with the real bundle, e.g. 5,20")
@@ -258,7 +265,12 @@ def main() -> None:
     data = Path(args.data)
     tokens = count_tokens(args.bundle, data)
     rows = []
-    common = {"bundle": args.bundle, "data": args.data, "threads": args.threads}
+    common = {
+        "bundle": args.bundle,
+        "data": args.data,
+        "threads": args.threads,
+        "device": args.device,
+    }
     if not args.skip_pipeline:
         rows.append(
             (

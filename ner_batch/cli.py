@@ -299,11 +299,11 @@ def export_cli(
 @click.option(
     "--batch-size",
     type=int,
-    default=64,
+    default=32,
     show_default=True,
     help="Windows per inference batch (also capped by --max-batch-tokens).",
 )
-@click.option("--max-batch-tokens", type=int, default=16384, show_default=True)
+@click.option("--max-batch-tokens", type=int, default=4096, show_default=True)
 @click.option("--max-length", type=int, help="Window length in sub-tokens [default: bundle's].")
 @click.option("--stride", type=int, help="Overlap of consecutive windows [default: bundle's].")
 @click.option(
