@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data/conll2003
 RUN ?= runs/minilm
 BUNDLE ?= export/minilm
-EPOCHS ?= 3
+EPOCHS ?= 5
 WORK ?= work
 
 .PHONY: install demo test test-slow lint benchmark clean
