@@ -121,11 +121,8 @@ def export(
         dev_f1["pytorch"] = f1_of(reference, dev_documents)
     test_f1 = {"pytorch": f1_of(reference, test_documents)} if test_documents else {}
     problems: list[str] = []
-    import onnxruntime as ort
-
     for variant, file in files.items():
-        options = ort.SessionOptions()
-        session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
         logits_fn = onnx_logits_fn(session)
         logits = logits_fn(*probe)
         mask = probe[1].astype(bool)
