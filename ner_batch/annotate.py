@@ -327,6 +327,7 @@ class _Run:
                     part_full
                     or len(chunk) >= self.config.chunk_docs
                     or chunk_chars >= self.config.chunk_chars
+                    or stop.signal is not None  # stop soon: tag what we have, commit, exit
                 ):
                     self._submit(executor, chunk)
                     chunk, chunk_chars = [], 0
