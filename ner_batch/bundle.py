@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import BundleError, NerbatchError
 from .features import TextEncoder
-from .tagger import Tagger
+from .tagger import Tagger, default_stride
 
 BUNDLE_FILE = "bundle.json"
 FORMAT_VERSION = 1
@@ -131,7 +131,9 @@ class Bundle:
         max_length = max_length or self.meta["max_length"]
         if stride is None:
             stride = (
-                self.meta["stride"] if max_length == self.meta["max_length"] else max_length // 4
+                self.meta["stride"]
+                if max_length == self.meta["max_length"]
+                else default_stride(max_length)
             )
         try:
             return Tagger(

@@ -22,10 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import BUNDLE_FILE, FORMAT_VERSION, VARIANT_FILES, onnx_logits_fn, sha256_of
+from .bundle import (
+    BUNDLE_FILE,
+    DEFAULT_VARIANT,
+    FORMAT_VERSION,
+    VARIANT_FILES,
+    onnx_logits_fn,
+    sha256_of,
+)
 from .conll import read_conll, sentences_of
 from .errors import ExportError, NerbatchError
-from .tagger import Tagger
+from .tagger import Tagger, default_stride
 from .train import load_checkpoint, token_offsets, torch_logits_fn
 
 log = logging.getLogger(__name__)
@@ -103,7 +110,7 @@ def export(
 
     # Validation: the same tagger code over each backend.
     max_length = meta["max_length"]
-    stride = max_length // 4 if stride is None else stride
+    stride = default_stride(max_length) if stride is None else stride
     reference = torch_logits_fn(model)
     probe = _probe_batch(encoder, dev_documents)
     reference_logits = reference(*probe)
@@ -193,7 +200,7 @@ def export(
             "dev": str(dev) if dev else None,
             "test": str(test) if test else None,
         },
-        "default_variant": {"cpu": "int8", "cuda": "fp16"},
+        "default_variant": dict(DEFAULT_VARIANT),
         "versions": {
             "nerbatch": _version(),
             "torch": torch.__version__,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .conll import Document, read_conll, sentences_of
 from .errors import MissingExtraError, NerbatchError
-from .tagger import Tagger, token_tags
+from .tagger import Tagger, default_stride, token_tags
 from .train import token_offsets
 
 MODES = ("default", "strict")
@@ -219,7 +219,7 @@ def load_tagger(model: str | Path, variant: str = "auto", batch_size: int = 64):
         meta["labels"],
         torch_logits_fn(torch_model),
         meta["max_length"],
-        stride=meta["max_length"] // 4,
+        stride=default_stride(meta["max_length"]),
         batch_size=batch_size,
     )
     return tagger, f"checkpoint {path} (PyTorch)"

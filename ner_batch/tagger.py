@@ -57,6 +57,11 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+def default_stride(max_length: int) -> int:
+    """Window overlap when none is given: a quarter of the window."""
+    return max_length // 4
+
+
 # How many line breaks between two sub-tokens end a segment: context never crosses a segment
 # boundary. "lines": every line is tagged on its own (headlines, list items, table rows, and one
 # sentence per line as in CoNLL); "paragraphs": blank lines separate; "none": whole documents.

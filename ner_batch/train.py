@@ -254,7 +254,7 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
     from transformers.utils import logging as hf_logging
 
     from .score import evaluate_tagger
-    from .tagger import Tagger
+    from .tagger import Tagger, default_stride
 
     if silent:
         hf_logging.set_verbosity_error()
@@ -304,7 +304,7 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
             labels,
             torch_logits_fn(current_model),
             config.max_length,
-            stride=config.max_length // 4,
+            stride=default_stride(config.max_length),
             batch_size=64,
         )
         report = evaluate_tagger(tagger, dev_docs)
