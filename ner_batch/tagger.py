@@ -218,6 +218,8 @@ class Tagger:
             # punctuation into a word of its own (so a span may start on one: move past it, and
             # drop a span made only of marks). Spans then never cut a grapheme nor overlap.
             s, e = extend_over_marks(text, s), extend_over_marks(text, e)
+            while s < e and text[s].isspace():  # a mark-only first word may precede a space
+                s += 1
             if s < e:
                 spans.append(Span(s, e, self.labels.types[k], float(p)))
         return spans

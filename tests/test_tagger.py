@@ -399,3 +399,14 @@ def test_an_entity_never_crosses_a_segment_boundary(tiny_bundle, segment, n_span
     assert [text[s.start : s.end] for s in spans] == (
         ["John Smith", "Mary Jones"] if n_spans == 2 else [text]
     )
+
+
+def test_a_span_opened_by_a_lone_mark_never_starts_on_whitespace(bundle):
+    """Found by hypothesis: a spacing mark alone at the start is a word of its own; a span that
+    begins on it moves past it, and then past the whitespace after it."""
+    labels = bundle.labels
+    tagger = Tagger(bundle.encoder(), labels, constant_logits_fn(labels, "I-PER"), 32, 8)
+    text = "\u093f\x0bJohn"
+    spans = tagger.tag([text])[0]
+    check_spans(text, spans, tagger.labels.types)
+    assert [text[s.start : s.end] for s in spans] == ["John"]
