@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import time
@@ -28,13 +27,14 @@ from .output import (
     MANIFEST_FORMAT,
     REJECTS,
     SUCCESS,
+    OutputDir,
     PartWriter,
-    fsync_write,
     read_manifest,
     write_manifest,
     write_rejects,
 )
 from .readers import Document, InputFile, ReadOptions, Reject, expand_inputs, read_file
+from .storage import local_path
 
 log = logging.getLogger(__name__)
 
@@ -66,34 +66,47 @@ class Interrupted(NerbatchError):
 
 
 class RunLock:
-    """One run per output: `_lock` holds pid and host; a lock whose process is gone is taken."""
+    """One run per output: `_lock` holds pid and host; a lock whose process is gone is taken.
 
-    def __init__(self, out: Path):
-        self.path = out / LOCK
+    Locally the lock file is created exclusively (O_EXCL). An object store has no such create, so
+    there the check and the write are two requests: it stops a second run started later, not
+    two started within the same second (cron's and Airflow's own locks cover that).
+    """
+
+    def __init__(self, out: OutputDir):
+        self.out = out
 
     def __enter__(self) -> RunLock:
         me = f"{os.getpid()}@{socket.gethostname()}"
         for _ in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                self._create(me)
             except FileExistsError:
-                holder = self.path.read_text().strip() if self.path.exists() else ""
+                holder = (self.out.read_bytes(LOCK) or b"").decode(errors="replace").strip()
                 pid, _, host = holder.partition("@")
                 if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
                     log.warning("taking over the lock of a crashed run (pid %s)", pid)
-                    self.path.unlink(missing_ok=True)
+                    self.out.remove(LOCK)
                     continue
                 raise OutputError(
-                    f"{self.path.parent} is being written by another annotate run "
+                    f"{self.out} is being written by another annotate run "
                     f"(pid {pid or '?'} on {host or '?'}); wait for it or stop it"
                 ) from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
             return self
-        raise OutputError(f"cannot take the lock {self.path}")
+        raise OutputError(f"cannot take the lock {self.out.uri(LOCK)}")
+
+    def _create(self, holder: str) -> None:
+        if self.out.local:
+            fd = os.open(self.out.local / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(holder)
+        elif self.out.exists(LOCK):
+            raise FileExistsError(LOCK)
+        else:
+            self.out.write_bytes(LOCK, holder.encode())
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        self.out.remove(LOCK)
 
 
 def _alive(pid: int) -> bool:
@@ -133,20 +146,20 @@ def _inputs_record(files: list[InputFile]) -> list[dict]:
 
 
 def _prepare_output(
-    out: Path, config: AnnotateConfig, inputs: list[dict], bundle_id: str, settings: dict
+    out: OutputDir, config: AnnotateConfig, inputs: list[dict], bundle_id: str, settings: dict
 ):
     """The manifest to continue from, or None to start fresh. Refuses a mismatched output."""
-    if config.overwrite and out.exists():
+    if config.overwrite:
         # Only our own files (parts, _manifest, _rejects, their temporaries): --overwrite on a
         # wrong directory must not delete anything else. The manifest is not read: it may be
         # the corrupt one that --overwrite is meant to get rid of.
-        for child in out.iterdir():
-            if child.name.startswith(("part-", "_", ".part-", "._")) and child.name != LOCK:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        for name in out.names():
+            if name.startswith(("part-", "_", ".part-", "._")) and name != LOCK:
+                out.remove(name)
         return None
-    manifest = read_manifest(out) if out.exists() else None
+    manifest = read_manifest(out)
     if manifest is None:
-        if out.exists() and any(p.name != LOCK for p in out.iterdir()):
+        if any(name != LOCK for name in out.names()):
             raise OutputError(
                 f"{out} exists, is not empty and is not an annotate output; choose another "
                 "output or pass --overwrite"
@@ -207,7 +220,7 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
         "segment": config.segment,
         "read": asdict(config.read),
     }
-    out = Path(config.output)
+    out = OutputDir(config.output)
     files, skipped = expand_inputs(config.inputs)
     # An output inside an input directory must not become an input of its own next run.
     files = [f for f in files if not _is_within(f.path, out)]
@@ -216,10 +229,10 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
     inputs = _inputs_record(files)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out} exists and is not a directory; choose another output")
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir()
     with RunLock(out), StopFlag() as stop:
         manifest = _prepare_output(out, config, inputs, bundle.bundle_id, settings)
-        if manifest and manifest.get("complete") and (out / SUCCESS).exists():
+        if manifest and manifest.get("complete") and out.exists(SUCCESS):
             summary = dict(manifest["summary"], already_complete=True)
             log.info("output is already complete: nothing to do", extra={"event": "noop"})
             return summary
@@ -247,7 +260,7 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
                 "runs": 0,
             }
         manifest["runs"] += 1
-        (out / SUCCESS).unlink(missing_ok=True)
+        out.remove(SUCCESS)
         resume_from = manifest["documents_done"]
         if resume_from:
             log.info(
@@ -264,8 +277,10 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
     return summary
 
 
-def _is_within(path: str, directory: Path) -> bool:
-    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(directory))
+def _is_within(path: str, out: OutputDir) -> bool:
+    if out.local is None:
+        return path == out.location or path.startswith(out.location + "/")
+    return Path(os.path.realpath(local_path(path))).is_relative_to(os.path.realpath(out.local))
 
 
 def _now() -> str:
@@ -276,7 +291,13 @@ class _Run:
     """The state of one annotate run: the open part, its rejects, counts, the manifest."""
 
     def __init__(
-        self, out: Path, manifest: dict, tagger, model_id: str, config: AnnotateConfig, silent: bool
+        self,
+        out: OutputDir,
+        manifest: dict,
+        tagger,
+        model_id: str,
+        config: AnnotateConfig,
+        silent: bool,
     ):
         self.out = out
         self.manifest = manifest
@@ -386,7 +407,7 @@ class _Run:
     def _ensure_part(self) -> None:
         if self.part is None:
             name = f"part-{len(self.manifest['parts']):05d}.parquet"
-            self.part = PartWriter(self.out / name)
+            self.part = PartWriter(self.out, name)
 
     def _infer(self, chunk: list[Document]):
         encoded = self.tagger.encoder.encode_batch([d.text for d in chunk])
@@ -406,18 +427,19 @@ class _Run:
             rows = self.part.commit()
             reject_file = None
             if self.rejects:
-                (self.out / REJECTS).mkdir(exist_ok=True)
-                reject_file = f"{REJECTS}/{Path(self.part.path).name}"
-                write_rejects(self.out / reject_file, self.rejects)
+                self.out.mkdir(REJECTS)
+                reject_file = f"{REJECTS}/{self.part.name}"
+                write_rejects(self.out, reject_file, self.rejects)
         except OSError as e:
             raise OutputError(
-                f"cannot write {self.part.path}: {e.strerror or e}; the output stays resumable "
+                f"cannot write {self.out.uri(self.part.name)}: {e.strerror or e}; the output "
+                "stays resumable "
                 "from the last committed part once the problem is fixed"
             ) from e
         m = self.manifest
         m["parts"].append(
             {
-                "file": Path(self.part.path).name,
+                "file": self.part.name,
                 "rejects_file": reject_file,
                 "rows": rows,
                 "documents": self.part_docs,
@@ -434,12 +456,12 @@ class _Run:
         write_manifest(self.out, m)
         log.info(
             "committed %s: %d documents, %d spans",
-            Path(self.part.path).name,
+            self.part.name,
             self.part_docs,
             rows,
             extra={
                 "event": "part",
-                "part": Path(self.part.path).name,
+                "part": self.part.name,
                 "documents": counts["documents"],
                 "rejected": counts["rejected"],
                 "spans": counts["spans"],
@@ -476,5 +498,5 @@ class _Run:
         m["finished"] = _now()
         m["rejects"] = REJECTS if has_rejects else None
         write_manifest(self.out, m)
-        fsync_write(self.out / SUCCESS, b"")
+        self.out.write_bytes(SUCCESS, b"")
         log.info("done", extra={"event": "done", **m["summary"]})

@@ -5,16 +5,20 @@
 `_manifest.json` (inputs, progress, counts, bundle id, versions) and `_SUCCESS` once complete.
 A part is written under a temporary name, fsynced and renamed, and only then named in the
 manifest, itself replaced atomically: a reader never sees a half-written part, and a crashed run
-resumes from the last committed part. pyarrow, pandas and Spark read the directory as one table
-(they skip names starting with `_` or `.`); polars and duckdb read `OUT/*.parquet`. Rejects live
-in a subdirectory rather than in a `_rejects.parquet` beside the parts, because duckdb and polars
-globs would otherwise read them as spans.
+resumes from the last committed part. On an object store (`s3://...`) the same protocol runs
+without the fsyncs: a part is uploaded under its temporary name and copied to its final key (an
+object appears whole or not at all), then the manifest object is replaced. pyarrow, pandas and
+Spark read the directory as one table (they skip names starting with `_` or `.`); polars and
+duckdb read `OUT/*.parquet`. Rejects live in a subdirectory rather than in a `_rejects.parquet`
+beside the parts, because duckdb and polars globs would otherwise read them as spans.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import OutputError
+from .storage import Remote, is_uri, local_path, open_remote
 from .tagger import Span
 
 SPAN_SCHEMA = pa.schema(
@@ -69,16 +74,142 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class OutputDir:
+    """Where an annotate output lives: a local directory or an object-store prefix.
+
+    Names are relative to the output (`part-00000.parquet`, `_rejects/part-00000.parquet`).
+    Local writes are fsynced and renamed into place; remote ones are uploaded under a temporary
+    name and moved (a server-side copy: the final object appears whole).
+    """
+
+    def __init__(self, location: str | Path):
+        location = str(location)
+        self.location = location.rstrip("/") or location
+        self.remote: Remote | None = open_remote(location) if is_uri(location) else None
+        self.local = None if self.remote else Path(local_path(location))
+
+    def __str__(self) -> str:
+        return self.location
+
+    def uri(self, name: str) -> str:
+        return str(self.local / name) if self.local else self.remote.child(name).uri
+
+    def _info(self, name: str | None = None):
+        path = self.remote.path if name is None else self.remote.child(name).path
+        return self.remote.filesystem.get_file_info(path)
+
+    def exists(self, name: str | None = None) -> bool:
+        if self.local:
+            return (self.local / name if name else self.local).exists()
+        import pyarrow.fs as pafs
+
+        return self._info(name).type != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        if self.local:
+            return self.local.is_dir()
+        import pyarrow.fs as pafs
+
+        # An empty prefix does not exist on an object store; it is a directory to be.
+        return self._info().type in (pafs.FileType.Directory, pafs.FileType.NotFound)
+
+    def mkdir(self, name: str | None = None) -> None:
+        if self.local:
+            (self.local / name if name else self.local).mkdir(parents=True, exist_ok=True)
+        else:
+            path = self.remote.path if name is None else self.remote.child(name).path
+            self.remote.filesystem.create_dir(path, recursive=True)
+
+    def names(self) -> list[str]:
+        """The top-level entries of the output."""
+        if self.local:
+            return sorted(p.name for p in self.local.iterdir()) if self.local.is_dir() else []
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(self.remote.path, allow_not_found=True)
+        return sorted(
+            i.path.rsplit("/", 1)[-1] for i in self.remote.filesystem.get_file_info(selector)
+        )
+
+    def remove(self, name: str) -> None:
+        """Delete a file or a directory of the output (missing is fine)."""
+        if self.local:
+            path = self.local / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            return
+        import pyarrow.fs as pafs
+
+        fs, info = self.remote.filesystem, self._info(name)
+        if info.type == pafs.FileType.Directory:
+            fs.delete_dir(info.path)
+        elif info.type == pafs.FileType.File:
+            fs.delete_file(info.path)
+
+    def read_bytes(self, name: str) -> bytes | None:
+        """The content of a file of the output, or None if it does not exist."""
+        if self.local:
+            path = self.local / name
+            return path.read_bytes() if path.exists() else None
+        if not self.exists(name):
+            return None
+        with self.remote.filesystem.open_input_stream(self.remote.child(name).path) as f:
+            return f.read()
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Replace a file of the output atomically."""
+        if self.local:
+            fsync_write(self.local / name, data)
+        else:
+            with self.remote.filesystem.open_output_stream(self.remote.child(name).path) as f:
+                f.write(data)
+
+    def sink(self, name: str):
+        """(where, filesystem) for pyarrow writers: the temporary name of `name`."""
+        tmp = _tmp_name(name)
+        if self.local:
+            return str(self.local / tmp), None
+        return self.remote.child(tmp).path, self.remote.filesystem
+
+    def publish(self, name: str) -> None:
+        """Move the temporary file of `name` (written through `sink`) into place, durably."""
+        tmp = _tmp_name(name)
+        if self.local:
+            path = self.local / name
+            with open(self.local / tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(self.local / tmp, path)
+            _fsync_dir(path.parent)
+        else:
+            fs = self.remote.filesystem
+            fs.move(self.remote.child(tmp).path, self.remote.child(name).path)
+
+    def discard(self, name: str) -> None:
+        """Drop the temporary file of `name`, if any."""
+        with contextlib.suppress(OSError):
+            self.remove(_tmp_name(name))
+
+
+def _tmp_name(name: str) -> str:
+    head, _, tail = name.rpartition("/")
+    return f"{head}/.{tail}.tmp" if head else f".{tail}.tmp"
+
+
 class PartWriter:
     """Spans of one part: buffered, written in row groups as they come, committed atomically."""
 
-    def __init__(self, path: Path, row_group_size: int = 65536):
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp")
+    def __init__(self, out: OutputDir, name: str, row_group_size: int = 65536):
+        self.out = out
+        self.name = name
         self.row_group_size = row_group_size
         self.columns: dict[str, list] = {name: [] for name in SPAN_SCHEMA.names}
         self.rows = 0
-        self.writer = pq.ParquetWriter(self.tmp, SPAN_SCHEMA, compression="zstd")
+        where, filesystem = out.sink(name)
+        self.writer = pq.ParquetWriter(
+            where, SPAN_SCHEMA, filesystem=filesystem, compression="zstd"
+        )
 
     def add(self, doc_id: str, source: str, text: str, spans: list[Span], model: str) -> None:
         c = self.columns
@@ -102,13 +233,10 @@ class PartWriter:
             self.columns = {name: [] for name in SPAN_SCHEMA.names}
 
     def commit(self) -> int:
-        """Flush, fsync and rename into place; returns the number of rows."""
+        """Flush, close and move into place; returns the number of rows."""
         self._flush()
         self.writer.close()
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(self.tmp, self.path)
-        _fsync_dir(self.path.parent)
+        self.out.publish(self.name)
         return self.rows
 
     def abort(self) -> None:
@@ -117,10 +245,10 @@ class PartWriter:
         except OSError:
             pass  # closing flushes, which fails on a full disk: the file is dropped anyway
         finally:
-            self.tmp.unlink(missing_ok=True)
+            self.out.discard(self.name)
 
 
-def write_rejects(path: Path, rejects: list) -> None:
+def write_rejects(out: OutputDir, name: str, rejects: list) -> None:
     table = pa.table(
         {
             "source": [r.source for r in rejects],
@@ -132,28 +260,29 @@ def write_rejects(path: Path, rejects: list) -> None:
     )
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    fsync_write(path, sink.getvalue().to_pybytes())
+    out.write_bytes(name, sink.getvalue().to_pybytes())
 
 
-def read_manifest(out: Path) -> dict | None:
-    path = out / MANIFEST
-    if not path.exists():
-        return None
+def read_manifest(out: OutputDir) -> dict | None:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise OutputError(f"{path} is unreadable ({e}); use --overwrite to start over") from e
+        data = out.read_bytes(MANIFEST)
+        return None if data is None else json.loads(data)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise OutputError(
+            f"{out.uri(MANIFEST)} is unreadable ({e}); use --overwrite to start over"
+        ) from e
 
 
-def write_manifest(out: Path, manifest: dict) -> None:
-    fsync_write(out / MANIFEST, json.dumps(manifest, indent=2).encode())
+def write_manifest(out: OutputDir, manifest: dict) -> None:
+    out.write_bytes(MANIFEST, json.dumps(manifest, indent=2).encode())
 
 
-def read_spans(out: str | Path) -> dict[str, list[Span]]:
+def read_spans(location: str | Path) -> dict[str, list[Span]]:
     """All spans of an annotate output, grouped by document id (for scoring)."""
-    out = Path(out)
-    if not (out / SUCCESS).exists():
-        manifest = read_manifest(out) if out.is_dir() else None
+    out = OutputDir(location)
+    if not out.exists(SUCCESS):
+        exists = out.exists() and (out.remote is not None or out.local.is_dir())
+        manifest = read_manifest(out) if exists else None
         state = (
             "does not exist"
             if not out.exists()
@@ -162,9 +291,13 @@ def read_spans(out: str | Path) -> dict[str, list[Span]]:
             )
         )
         raise OutputError(f"{out} {state}")
-    table = pq.read_table(out, columns=["doc_id", "start", "end", "label", "score"])
+    columns = ["doc_id", "start", "end", "label", "score"]
+    if out.local:
+        table = pq.read_table(out.local, columns=columns)
+    else:
+        table = pq.read_table(out.remote.path, columns=columns, filesystem=out.remote.filesystem)
     spans: dict[str, list[Span]] = defaultdict(list)
-    columns = [table.column(n).to_pylist() for n in ("doc_id", "start", "end", "label", "score")]
-    for doc_id, start, end, label, score in zip(*columns, strict=True):
+    values = [table.column(n).to_pylist() for n in columns]
+    for doc_id, start, end, label, score in zip(*values, strict=True):
         spans[doc_id].append(Span(start, end, label, score))
     return dict(spans)

@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from .errors import InputError
+from .storage import Remote, is_uri, local_path, open_remote
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 TXT_MODES = ("file", "lines")
@@ -51,6 +52,7 @@ class InputFile:
     size: int
     mtime: float
     error: str | None = None  # found in a directory but not stat-able: read_file rejects it
+    remote: Remote | None = None  # set for object-store inputs (`path` is then the URI)
 
     @property
     def compressed(self) -> bool:
@@ -97,6 +99,10 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputFile], list[str]]:
         files.append(InputFile(path, fmt, stat.st_size, stat.st_mtime))
 
     for given in inputs:
+        if is_uri(given):
+            _expand_remote(given, files, skipped)
+            continue
+        given = local_path(given)
         if any(c in given for c in "*?[") and not os.path.exists(given):
             matches = sorted(glob.glob(given, recursive=True))
             if not matches:
@@ -121,6 +127,59 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputFile], list[str]]:
     return files, skipped
 
 
+def _expand_remote(uri: str, files: list[InputFile], skipped: list[str]) -> None:
+    """An object-store file, a prefix (recursive, sorted) or a glob in the last path segment."""
+    import fnmatch
+
+    import pyarrow.fs as pafs
+
+    pattern = None
+    head, _, last = uri.rstrip("/").rpartition("/")
+    if any(c in last for c in "*?["):
+        uri, pattern = head, last
+    root = open_remote(uri)
+    fs = root.filesystem
+    try:
+        info = fs.get_file_info(root.path)
+        if info.type == pafs.FileType.File and pattern is None:
+            if file_format(root.path) is None:
+                raise InputError(
+                    f"{uri}: unknown input format; expected one of {sorted(FORMATS)} "
+                    "(optionally .gz)"
+                )
+            files.append(_remote_file(root, info))
+            return
+        if info.type != pafs.FileType.Directory:
+            raise InputError(f"{uri}: no such object or prefix")
+        listing = fs.get_file_info(pafs.FileSelector(root.path, recursive=pattern is None))
+    except OSError as e:  # network, credentials, permissions: pyarrow says which
+        raise InputError(f"{uri}: cannot list: {e}") from e
+    before = len(files)
+    for entry in sorted(listing, key=lambda i: i.path):
+        relative = entry.path[len(root.path) :].lstrip("/")
+        if entry.type != pafs.FileType.File or any(
+            part.startswith((".", "_")) for part in relative.split("/")
+        ):
+            continue  # hidden like local files: `_rejects` of an output, `_temporary`, `.keep`
+        if pattern is not None and not fnmatch.fnmatchcase(relative, pattern):
+            continue
+        child = root.child(relative)
+        if file_format(relative) is None:
+            skipped.append(child.uri)
+        else:
+            files.append(_remote_file(child, entry))
+    if len(files) == before:
+        raise InputError(
+            f"{uri if pattern is None else head + '/' + pattern}: no input files there "
+            f"({', '.join(sorted(FORMATS))}, optionally .gz)"
+        )
+
+
+def _remote_file(remote: Remote, info) -> InputFile:
+    mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
+    return InputFile(remote.uri, file_format(remote.path), info.size, mtime, remote=remote)
+
+
 def _walk(directory: str, add) -> None:
     visited: set[str] = set()
     for root, dirs, names in os.walk(directory, followlinks=True):
@@ -136,8 +195,15 @@ def _walk(directory: str, add) -> None:
                 add(os.path.join(root, name), named=False)
 
 
-def _open_binary(file: InputFile):
-    raw = open(file.path, "rb")  # noqa: SIM115 - closed by the caller's with-block
+def _open_binary(file: InputFile, seekable: bool = False):
+    if file.remote is not None:
+        fs, path = file.remote.filesystem, file.remote.path
+        if seekable and not file.compressed:
+            raw = fs.open_input_file(path)  # random access, for Parquet footers
+        else:
+            raw = io.BufferedReader(fs.open_input_stream(path), 1 << 20)
+    else:
+        raw = open(file.path, "rb")  # noqa: SIM115 - closed by the caller's with-block
     return gzip.GzipFile(fileobj=raw) if file.compressed else raw
 
 
@@ -236,7 +302,7 @@ def _read_jsonl(file: InputFile, options: ReadOptions) -> Iterator[Document | Re
 def _read_parquet(file: InputFile, options: ReadOptions) -> Iterator[Document | Reject]:
     import pyarrow.parquet as pq
 
-    with _open_binary(file) as f:
+    with _open_binary(file, seekable=True) as f:
         source = io.BytesIO(f.read()) if file.compressed else f
         try:
             parquet = pq.ParquetFile(source)

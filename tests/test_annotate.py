@@ -28,7 +28,7 @@ import ner_batch.annotate as annotate_module
 from ner_batch.annotate import AnnotateConfig, Interrupted, annotate
 from ner_batch.bundle import load_bundle
 from ner_batch.errors import InputError, OutputError
-from ner_batch.output import SPAN_SCHEMA
+from ner_batch.output import SPAN_SCHEMA, OutputDir
 from ner_batch.readers import ReadOptions, expand_inputs
 
 
@@ -672,16 +672,16 @@ def test_crash_after_complete_manifest_before_success(run, tmp_path, monkeypatch
     reference = tmp_path / "reference.parquet"
     run([corpus], reference, **options)
 
-    real_fsync_write = annotate_module.fsync_write
+    real_write_bytes = OutputDir.write_bytes
 
-    def fsync_write(path, data):
-        if Path(path).name == "_SUCCESS":
+    def write_bytes(self, name, data):
+        if name == "_SUCCESS":
             raise Crash("killed before _SUCCESS")
-        real_fsync_write(path, data)
+        real_write_bytes(self, name, data)
 
     out = tmp_path / "out.parquet"
     with monkeypatch.context() as patch:
-        patch.setattr(annotate_module, "fsync_write", fsync_write)
+        patch.setattr(OutputDir, "write_bytes", write_bytes)
         with pytest.raises(Crash):
             run([corpus], out, **options)
     assert manifest_of(out)["complete"] is True and not (out / "_SUCCESS").exists()
