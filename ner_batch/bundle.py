@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from .errors import BundleError, NerbatchError
 from .features import TextEncoder
+from .storage import Remote, copy_to_local, is_uri, local_path, open_remote
 from .tagger import Tagger, default_stride
 
 BUNDLE_FILE = "bundle.json"
@@ -37,8 +39,9 @@ def sha256_of(path: str | Path) -> str:
 
 @dataclass
 class Bundle:
-    path: Path
+    path: Path  # a local directory: the bundle itself, or the cache of a remote one
     meta: dict
+    remote: Remote | None = None  # where the bundle came from, for an object-store URI
 
     @property
     def bundle_id(self) -> str:
@@ -70,6 +73,8 @@ class Bundle:
             (entry["file"], entry["sha256"]),
         ):
             file = self.path / name
+            if self.remote is not None:
+                self._fetch(name, expected)
             if not file.is_file():
                 raise BundleError(f"bundle {self.path} is missing {name}")
             actual = sha256_of(file)
@@ -79,6 +84,18 @@ class Bundle:
                     f"(expected sha256 {expected[:12]}…, found {actual[:12]}…); the file is "
                     "corrupt or was changed after export: export the bundle again"
                 )
+
+    def _fetch(self, name: str, sha256: str) -> None:
+        """Download one file of a remote bundle unless the cache already holds that content."""
+        file = self.path / name
+        if file.is_file() and sha256_of(file) == sha256:
+            return
+        try:
+            copy_to_local(self.remote.child(name), str(file))
+        except FileNotFoundError:
+            raise BundleError(f"bundle {self.remote.uri} is missing {name}") from None
+        except OSError as e:
+            raise BundleError(f"cannot download {self.remote.child(name).uri}: {e}") from e
 
     def encoder(self) -> TextEncoder:
         tokenizer = self.meta["tokenizer"]
@@ -162,9 +179,24 @@ def onnx_logits_fn(session):
     return logits
 
 
+def cache_dir() -> Path:
+    """Where remote bundles are downloaded: $NERBATCH_CACHE, else ~/.cache/nerbatch."""
+    root = os.environ.get("NERBATCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nerbatch"
+    )
+    return Path(root)
+
+
 def load_bundle(path: str | Path) -> Bundle:
-    """Read and check bundle.json; the model files are checked when a variant is chosen."""
-    path = Path(path)
+    """Read and check bundle.json; the model files are checked when a variant is chosen.
+
+    `path` may be an object-store URI (`s3://bucket/bundles/minilm`): bundle.json is read from
+    there, and the files a variant needs are downloaded into the cache when it is chosen (again
+    only if their checksum changed).
+    """
+    if is_uri(str(path)):
+        return _load_remote(str(path))
+    path = Path(local_path(str(path)))
     meta_file = path / BUNDLE_FILE
     if not path.exists():
         raise BundleError(
@@ -187,3 +219,21 @@ def load_bundle(path: str | Path) -> Bundle:
         if key not in meta:
             raise BundleError(f"{meta_file} lacks the field {key!r}")
     return Bundle(path, meta)
+
+
+def _load_remote(uri: str) -> Bundle:
+    remote = open_remote(uri)
+    key = hashlib.sha256(remote.uri.encode()).hexdigest()[:16]
+    local = cache_dir() / "bundles" / key
+    local.mkdir(parents=True, exist_ok=True)
+    try:
+        copy_to_local(remote.child(BUNDLE_FILE), str(local / BUNDLE_FILE))
+    except FileNotFoundError:
+        raise BundleError(
+            f"{uri} is not a model bundle: it has no {BUNDLE_FILE} (or does not exist)"
+        ) from None
+    except OSError as e:
+        raise BundleError(f"cannot read the model bundle {uri}: {e}") from e
+    bundle = load_bundle(local)
+    bundle.remote = remote
+    return bundle

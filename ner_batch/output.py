@@ -155,7 +155,9 @@ class OutputDir:
             return path.read_bytes() if path.exists() else None
         if not self.exists(name):
             return None
-        with self.remote.filesystem.open_input_stream(self.remote.child(name).path) as f:
+        with self.remote.filesystem.open_input_stream(
+            self.remote.child(name).path, compression=None
+        ) as f:
             return f.read()
 
     def write_bytes(self, name: str, data: bytes) -> None:

@@ -201,7 +201,8 @@ def _open_binary(file: InputFile, seekable: bool = False):
         if seekable and not file.compressed:
             raw = fs.open_input_file(path)  # random access, for Parquet footers
         else:
-            raw = io.BufferedReader(fs.open_input_stream(path), 1 << 20)
+            # compression=None: pyarrow would otherwise gunzip .gz itself, and we do it below
+            raw = io.BufferedReader(fs.open_input_stream(path, compression=None), 1 << 20)
     else:
         raw = open(file.path, "rb")  # noqa: SIM115 - closed by the caller's with-block
     return gzip.GzipFile(fileobj=raw) if file.compressed else raw

@@ -75,6 +75,9 @@ def copy_to_local(remote: Remote, destination: str) -> None:
     import shutil
 
     tmp = f"{destination}.part"
-    with remote.filesystem.open_input_stream(remote.path) as src, open(tmp, "wb") as dst:
+    with (
+        remote.filesystem.open_input_stream(remote.path, compression=None) as src,
+        open(tmp, "wb") as dst,
+    ):
         shutil.copyfileobj(src, dst, 1 << 20)
     os.replace(tmp, destination)

@@ -4,7 +4,6 @@ resuming after a crash with the same result as an uninterrupted run."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
@@ -19,6 +18,7 @@ from helpers import (
     DOCS,
     build_corpus,
     copy_bundle,
+    write_bad_inputs,
     write_jsonl,
     write_parquet,
     write_txt,
@@ -326,39 +326,6 @@ def test_unusable_inputs(run, tmp_path, make, message):
 
 
 # --- rejects -------------------------------------------------------------------------------------
-
-
-def write_bad_inputs(root: Path) -> list[Path]:
-    root.mkdir(parents=True, exist_ok=True)
-    lines = root / "a_lines.txt"
-    lines.write_bytes(b"John Smith\n\xff\xfe not utf-8\nMary in Paris\n")
-    records = root / "b_records.jsonl"
-    records.write_text(
-        "\n".join(
-            [
-                '{"id": "ok", "text": "Paris"}',
-                "not json",
-                '{"id": "no-text"}',
-                '{"id": "number", "text": 5}',
-                "[1, 2]",
-                "",  # a blank line is not a document
-                '{"id": "null-text", "text": null}',
-                '{"text": "London"}',
-            ]
-        )
-        + "\n"
-    )
-    table = write_parquet(root / "c_table.parquet", {"id": ["x", "y"], "text": ["Mary", None]})
-    binary = root / "d_binary.txt"
-    binary.write_bytes(b"\x00\x01\x02" * 100)
-    truncated = root / "e_truncated.jsonl.gz"
-    whole = gzip.compress(
-        "".join(json.dumps({"text": f"Mary {i}"}) + "\n" for i in range(300)).encode()
-    )
-    truncated.write_bytes(whole[: len(whole) // 2])
-    not_parquet = root / "f_broken.parquet"
-    not_parquet.write_bytes(b"PAR1 this is not parquet")
-    return [lines, records, table, binary, truncated, not_parquet]
 
 
 def test_bad_documents_become_rejects(run, tmp_path):
