@@ -54,6 +54,7 @@ class AnnotateConfig:
     max_length: int | None = None  # default: the bundle's
     stride: int | None = None
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
+    streams: int = 1  # batches run at once, each on threads / streams cores
     read: ReadOptions = field(default_factory=ReadOptions)
     chunk_docs: int = 2048  # documents tokenised and tagged together (sorted by length)
     chunk_chars: int = 2_000_000  # ... or fewer, when they are long
@@ -211,6 +212,7 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
         config.threads,
         config.max_batch_tokens,
         config.segment,
+        config.streams,
     )
     variant = bundle.resolve_variant(config.variant, config.device)
     settings = {

@@ -140,11 +140,18 @@ class Bundle:
         threads: int = 0,
         max_batch_tokens: int = 8192,
         segment: str = "lines",
+        streams: int = 1,
     ) -> Tagger:
+        """A Tagger on one ONNX Runtime session. `threads` is the total (0: every core);
+        `streams` > 1 runs that many batches at once, each on threads / streams of them."""
         variant = self.resolve_variant(variant, device)
         self.verify(variant)
         encoder = self.encoder()
-        session = self.session(variant, device, threads)
+        if streams < 1:
+            raise NerbatchError(f"streams must be >= 1, got {streams}")
+        total = threads or os.cpu_count() or 1
+        per_run = threads if streams == 1 else max(1, total // streams)
+        session = self.session(variant, device, per_run)
         max_length = max_length or self.meta["max_length"]
         if stride is None:
             stride = (
@@ -162,6 +169,7 @@ class Bundle:
                 batch_size,
                 max_batch_tokens,
                 segment,
+                streams,
             )
         except ValueError as e:  # a max_length / stride the user chose: one Error: line
             raise NerbatchError(str(e)) from e

@@ -310,6 +310,13 @@ def export_cli(
     "--threads", type=int, default=0, show_default=True, help="ONNX Runtime threads (0: all cores)."
 )
 @click.option(
+    "--streams",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Batches run at once, each on threads/streams cores.",
+)
+@click.option(
     "--segment",
     type=click.Choice(["lines", "paragraphs", "none"]),
     default="lines",
@@ -371,6 +378,7 @@ def annotate_cli(
     max_length,
     stride,
     threads,
+    streams,
     segment,
     txt_mode,
     text_field,
@@ -402,6 +410,7 @@ def annotate_cli(
         max_length=max_length,
         stride=stride,
         threads=threads,
+        streams=streams,
         segment=segment,
         part_docs=part_docs,
         overwrite=overwrite,

@@ -81,7 +81,10 @@ class Tagger:
         batch_size: int = 32,
         max_batch_tokens: int = 8192,
         segment: str = "lines",
+        streams: int = 1,
     ):
+        """`streams` > 1 runs that many batches at once from a thread pool (the LogitsFn must
+        be thread-safe, as an ONNX Runtime session is); softmax and decoding overlap them."""
         if segment not in SEGMENTS:
             raise ValueError(f"unknown segment mode {segment!r}; expected one of {list(SEGMENTS)}")
         self.min_newlines = SEGMENTS[segment]
@@ -99,6 +102,10 @@ class Tagger:
         self.stride = stride
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
+        if streams < 1:
+            raise ValueError(f"streams must be >= 1, got {streams}")
+        self.streams = streams
+        self._pool = None
 
     def predict(self, encoded: Sequence[Encoded]) -> list[Prediction]:
         """Word-level predictions for each encoded text, in input order."""
@@ -115,8 +122,12 @@ class Tagger:
         prob_of = [np.zeros(len(e), dtype=np.float32) for e in encoded]
 
         order = sorted(range(len(jobs)), key=lambda j: jobs[j][2] - jobs[j][1])
-        for batch in self._batches(order, jobs):
-            logits = self._run(batch, jobs, encoded)  # (batch, seq, labels)
+        batches = list(self._batches(order, jobs))
+
+        def run(batch: list[int]) -> np.ndarray:
+            return self._run(batch, jobs, encoded)  # (batch, seq, labels)
+
+        for batch, logits in zip(batches, self._map(run, batches), strict=True):
             probs = softmax(logits)
             best = probs.argmax(-1)
             best_prob = np.take_along_axis(probs, best[..., None], -1)[..., 0]
@@ -142,6 +153,16 @@ class Tagger:
                 )
             )
         return predictions
+
+    def _map(self, run: Callable, batches: list[list[int]]):
+        """Logits of each batch in order: one after the other, or `streams` at a time."""
+        if self.streams == 1 or len(batches) < 2:
+            return map(run, batches)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.streams, thread_name_prefix="nerbatch-stream")
+        return self._pool.map(run, batches)
 
     def _windows(self, enc: Encoded) -> list[tuple[int, int]]:
         """Overlapping windows within each segment of the text (segments never share one)."""

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from ner_batch.bundle import load_bundle, onnx_logits_fn
+from ner_batch.errors import NerbatchError
 from ner_batch.features import windows
 from ner_batch.tagger import Tagger
 
@@ -410,3 +411,17 @@ def test_a_span_opened_by_a_lone_mark_never_starts_on_whitespace(bundle):
     spans = tagger.tag([text])[0]
     check_spans(text, spans, tagger.labels.types)
     assert [text[s.start : s.end] for s in spans] == ["John"]
+
+
+def test_streams_give_the_same_spans_as_one_at_a_time(bundle):
+    """Several batches in flight at once (a real ONNX Runtime session shared by the threads)
+    change nothing in the output, whatever order the batches finish in."""
+    rng = random.Random(5)
+    words = ["John", "Smith", "visited", "Paris", "and", "Berlin", "for", "Acme", "Corp", "."]
+    texts = [" ".join(rng.choices(words, k=rng.randint(1, 60))) for _ in range(200)]
+    one = bundle.tagger("fp32", threads=1, batch_size=4, max_length=24, stride=4)
+    many = bundle.tagger("fp32", threads=2, batch_size=4, max_length=24, stride=4, streams=3)
+    assert many.streams == 3
+    assert many.tag(texts) == one.tag(texts)
+    with pytest.raises(NerbatchError, match="streams must be >= 1"):
+        bundle.tagger("fp32", streams=0)
