@@ -1,6 +1,6 @@
 # nerbatch: setup, the whole pipeline on CoNLL-2003, and the tests.
 #   make demo   # venv + install, then train -> export -> score -> annotate -> score end to end
-#   make test   # venv + install, then the fast test suite
+#   make test   # venv + install (and Airflow in .venv-airflow), then the fast test suite
 # Override on the command line, e.g.: make demo DATA=/data/conll2003 EPOCHS=1
 
 PYTHON ?= python3
@@ -11,8 +11,9 @@ RUN ?= runs/minilm
 BUNDLE ?= export/minilm
 EPOCHS ?= 5
 WORK ?= work
+AIRFLOW_VENV ?= .venv-airflow
 
-.PHONY: install demo test test-slow lint benchmark clean
+.PHONY: install install-airflow demo test test-slow lint benchmark clean
 
 install: $(VENV)/.installed
 
@@ -21,6 +22,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
 	$(BIN)/pip install -q -c constraints.txt -e ".[train,dev]"
+	touch $@
+
+# Airflow pins many packages: it gets its own virtualenv, used by tests/test_airflow.py to run the
+# DAGs of jobs/airflow. The DAGs call the nerbatch command, so nerbatch is not installed there.
+# uv installs Airflow's ~130 packages in seconds where pip takes over a minute.
+install-airflow: $(AIRFLOW_VENV)/.installed
+
+$(AIRFLOW_VENV)/.installed: jobs/airflow/requirements.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q uv==0.13.9
+	$(AIRFLOW_VENV)/bin/uv pip install -q --python $(AIRFLOW_VENV)/bin/python -r jobs/airflow/requirements.txt
 	touch $@
 
 $(RUN)/nerbatch.json: | install
@@ -39,10 +51,10 @@ demo: $(BUNDLE)/bundle.json
 	@echo "bundle: $(BUNDLE)   try: $(BIN)/nerbatch annotate in/ out.parquet"
 
 # Exit code 5 means pytest collected no tests: not a failure here.
-test: install
+test: install install-airflow
 	$(BIN)/pytest -q -m "not slow" || [ $$? -eq 5 ]
 
-test-slow: install
+test-slow: install install-airflow
 	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]
 
 lint: install
