@@ -199,6 +199,88 @@ def documents(files: list[InputFile], read: ReadOptions) -> Iterator[Document | 
         yield from read_file(file, read)
 
 
+def run_settings(config: AnnotateConfig, variant: str, max_length: int, stride: int) -> dict:
+    """What an output is bound to: resuming it with other settings would mix two kinds of rows."""
+    return {
+        "variant": variant,
+        "max_length": max_length,
+        "stride": stride,
+        "segment": config.segment,
+        "read": asdict(config.read),
+    }
+
+
+def input_files(config: AnnotateConfig, out: OutputDir) -> tuple[list[InputFile], list[str]]:
+    """The input files in stream order (and the paths skipped), never the output itself."""
+    files, skipped = expand_inputs(config.inputs)
+    # An output inside an input directory must not become an input of its own next run.
+    files = [f for f in files if not _is_within(f.path, out)]
+    if not files:
+        raise InputError("no input files")
+    return files, skipped
+
+
+def make_output_dir(out: OutputDir) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a directory; choose another output")
+    out.mkdir()
+
+
+def prepare_run(
+    out: OutputDir,
+    config: AnnotateConfig,
+    bundle_id: str,
+    settings: dict,
+    files: list[InputFile],
+    skipped: list[str],
+) -> dict | None:
+    """Under the output's lock: the manifest this run continues (the output's, or a new one),
+    or None when the output is already complete and there is nothing to do."""
+    inputs = _inputs_record(files)
+    manifest = _prepare_output(out, config, inputs, bundle_id, settings)
+    if manifest and manifest.get("complete") and out.exists(SUCCESS):
+        log.info("output is already complete: nothing to do", extra={"event": "noop"})
+        return None
+    if manifest is None:
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "bundle_id": bundle_id,
+            "bundle": str(config.model),
+            "variant": settings["variant"],
+            "device": config.device,
+            "settings": settings,
+            "inputs": inputs,
+            "skipped_files": skipped,
+            "options": {
+                k: v
+                for k, v in asdict(config).items()
+                if k not in ("inputs", "output", "overwrite")
+            },
+            "parts": [],
+            "documents_done": 0,
+            "counts": {"documents": 0, "annotated": 0, "rejected": 0, "spans": 0, "tokens": 0},
+            "complete": False,
+            "versions": {"nerbatch": __version__},
+            "started": _now(),
+            "runs": 0,
+        }
+    manifest["runs"] += 1
+    out.remove(SUCCESS)
+    if manifest["documents_done"]:
+        log.info(
+            "resuming after %d documents (%d parts)",
+            manifest["documents_done"],
+            len(manifest["parts"]),
+            extra={"event": "resume", "documents_done": manifest["documents_done"]},
+        )
+    return manifest
+
+
+def complete_summary(out: OutputDir) -> dict:
+    """The summary of an output that was already complete."""
+    return dict(read_manifest(out)["summary"], already_complete=True)
+
+
 def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
     """Annotate the inputs into `config.output`; returns the run summary."""
     started = time.monotonic()
@@ -215,64 +297,17 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
         config.streams,
     )
     variant = bundle.resolve_variant(config.variant, config.device)
-    settings = {
-        "variant": variant,
-        "max_length": tagger.window + tagger.encoder.n_special,
-        "stride": tagger.stride,
-        "segment": config.segment,
-        "read": asdict(config.read),
-    }
+    max_length = tagger.window + tagger.encoder.n_special
+    settings = run_settings(config, variant, max_length, tagger.stride)
     out = OutputDir(config.output)
-    files, skipped = expand_inputs(config.inputs)
-    # An output inside an input directory must not become an input of its own next run.
-    files = [f for f in files if not _is_within(f.path, out)]
-    if not files:
-        raise InputError("no input files")
-    inputs = _inputs_record(files)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} exists and is not a directory; choose another output")
-    out.mkdir()
+    files, skipped = input_files(config, out)
+    make_output_dir(out)
     with RunLock(out), StopFlag() as stop:
-        manifest = _prepare_output(out, config, inputs, bundle.bundle_id, settings)
-        if manifest and manifest.get("complete") and out.exists(SUCCESS):
-            summary = dict(manifest["summary"], already_complete=True)
-            log.info("output is already complete: nothing to do", extra={"event": "noop"})
-            return summary
+        manifest = prepare_run(out, config, bundle.bundle_id, settings, files, skipped)
         if manifest is None:
-            manifest = {
-                "format": MANIFEST_FORMAT,
-                "bundle_id": bundle.bundle_id,
-                "bundle": str(config.model),
-                "variant": variant,
-                "device": config.device,
-                "settings": settings,
-                "inputs": inputs,
-                "skipped_files": skipped,
-                "options": {
-                    k: v
-                    for k, v in asdict(config).items()
-                    if k not in ("inputs", "output", "overwrite")
-                },
-                "parts": [],
-                "documents_done": 0,
-                "counts": {"documents": 0, "annotated": 0, "rejected": 0, "spans": 0, "tokens": 0},
-                "complete": False,
-                "versions": {"nerbatch": __version__},
-                "started": _now(),
-                "runs": 0,
-            }
-        manifest["runs"] += 1
-        out.remove(SUCCESS)
-        resume_from = manifest["documents_done"]
-        if resume_from:
-            log.info(
-                "resuming after %d documents (%d parts)",
-                resume_from,
-                len(manifest["parts"]),
-                extra={"event": "resume", "documents_done": resume_from},
-            )
+            return complete_summary(out)
         run = _Run(out, manifest, tagger, bundle.bundle_id, config, silent)
-        run.process(documents(files, config.read), resume_from, stop)
+        run.process(documents(files, config.read), manifest["documents_done"], stop)
         run.finish()
     summary = dict(manifest["summary"])
     summary["seconds_this_run"] = round(time.monotonic() - started, 2)

@@ -130,6 +130,18 @@ class Bundle:
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types: report any of them
             raise BundleError(f"ONNX Runtime cannot load {file}: {e}") from e
 
+    def window(self, max_length: int | None = None, stride: int | None = None) -> tuple[int, int]:
+        """Window length (sub-tokens, specials included) and overlap: the given ones, else the
+        bundle's; a window other than the bundle's gets the default overlap for its length."""
+        max_length = max_length or self.meta["max_length"]
+        if stride is None:
+            stride = (
+                self.meta["stride"]
+                if max_length == self.meta["max_length"]
+                else default_stride(max_length)
+            )
+        return max_length, stride
+
     def tagger(
         self,
         variant: str = "auto",
@@ -152,13 +164,7 @@ class Bundle:
         total = threads or os.cpu_count() or 1
         per_run = threads if streams == 1 else max(1, total // streams)
         session = self.session(variant, device, per_run)
-        max_length = max_length or self.meta["max_length"]
-        if stride is None:
-            stride = (
-                self.meta["stride"]
-                if max_length == self.meta["max_length"]
-                else default_stride(max_length)
-            )
+        max_length, stride = self.window(max_length, stride)
         try:
             return Tagger(
                 encoder,
