@@ -39,6 +39,17 @@ from .storage import local_path
 log = logging.getLogger(__name__)
 
 LOCK = "_lock"
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide `engine="ray"` runs (see ray_engine.py)."""
+
+    address: str | None = None  # None: RAY_ADDRESS, a running local cluster, or a new one
+    num_workers: int | None = None  # tagging actors; None: as many as the cluster's CPUs/GPUs fit
+    cpus_per_worker: int = 1  # CPUs each actor reserves = its ONNX Runtime threads
+    gpus_per_worker: float | None = None  # None: 1 with device "cuda", else 0
 
 
 @dataclass
@@ -60,6 +71,8 @@ class AnnotateConfig:
     chunk_chars: int = 2_000_000  # ... or fewer, when they are long
     part_docs: int = 20_000  # documents per committed part (the most work a crash redoes)
     overwrite: bool = False
+    engine: str = "local"  # "local" (this module) or "ray" (ray_engine.py)
+    ray: RayOptions = field(default_factory=RayOptions)
 
 
 class Interrupted(NerbatchError):
@@ -283,6 +296,12 @@ def complete_summary(out: OutputDir) -> dict:
 
 def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
     """Annotate the inputs into `config.output`; returns the run summary."""
+    if config.engine == "ray":
+        from .ray_engine import annotate_ray  # ray is an optional extra: imported only here
+
+        return annotate_ray(config, silent)
+    if config.engine != "local":
+        raise NerbatchError(f"unknown engine {config.engine!r}; expected one of {list(ENGINES)}")
     started = time.monotonic()
     bundle = load_bundle(config.model)
     tagger = bundle.tagger(

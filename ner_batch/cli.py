@@ -367,6 +367,36 @@ def export_cli(
     is_flag=True,
     help="Exit with code 3 if any document was rejected (the output is still complete).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this machine; ray: a Ray cluster through Ray Data, same output "
+    "(pip install 'nerbatch[ray]'; see docs/ray.md).",
+)
+@click.option(
+    "--ray-address",
+    help="Ray: the cluster, e.g. auto or ray://head:10001 [default: RAY_ADDRESS, else a cluster "
+    "running on this machine, else a new local one].",
+)
+@click.option(
+    "--num-workers",
+    type=click.IntRange(min=1),
+    help="Ray: tagging actors [default: as many as the cluster's CPUs (and GPUs) fit].",
+)
+@click.option(
+    "--cpus-per-worker",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Ray: CPUs each actor reserves, which are its ONNX Runtime threads.",
+)
+@click.option(
+    "--gpus-per-worker",
+    type=click.FloatRange(min=0),
+    help="Ray: GPUs each actor reserves [default: 1 with --device cuda, else 0].",
+)
 def annotate_cli(
     inputs,
     output,
@@ -387,6 +417,11 @@ def annotate_cli(
     part_docs,
     overwrite,
     fail_on_reject,
+    engine,
+    ray_address,
+    num_workers,
+    cpus_per_worker,
+    gpus_per_worker,
 ) -> None:
     """Tag INPUTS (files, directories, globs of .txt/.jsonl/.parquet, optionally .gz) and
     write entity spans to the Parquet dataset OUTPUT. Resumes an interrupted run.
@@ -395,9 +430,18 @@ def annotate_cli(
     Example:
         nerbatch annotate corpus/ spans.parquet --model export/minilm
         nerbatch annotate 'news/*.jsonl.gz' spans.parquet --text-field body --id-field url
+        nerbatch annotate /shared/corpus/ /shared/spans.parquet --model /shared/minilm \\
+            --engine ray --ray-address auto --num-workers 8
     """
-    from .annotate import AnnotateConfig, annotate
+    from .annotate import AnnotateConfig, RayOptions, annotate
     from .readers import ReadOptions
+
+    ray_options = RayOptions(ray_address, num_workers, cpus_per_worker, gpus_per_worker)
+    if engine != "ray" and ray_options != RayOptions():
+        raise click.UsageError(
+            "--ray-address, --num-workers, --cpus-per-worker and --gpus-per-worker need "
+            "--engine ray"
+        )
 
     config = AnnotateConfig(
         inputs=list(inputs),
@@ -414,6 +458,8 @@ def annotate_cli(
         segment=segment,
         part_docs=part_docs,
         overwrite=overwrite,
+        engine=engine,
+        ray=ray_options,
         read=ReadOptions(
             txt_mode=txt_mode,
             text_field=text_field,

@@ -227,6 +227,13 @@ class PartWriter:
         if len(c["doc_id"]) >= self.row_group_size:
             self._flush()
 
+    def add_table(self, table: pa.Table) -> None:
+        """Span rows made elsewhere (the Ray engine's workers), with SPAN_SCHEMA's columns."""
+        for name in SPAN_SCHEMA.names:
+            self.columns[name].extend(table.column(name).to_pylist())
+        if len(self.columns["doc_id"]) >= self.row_group_size:
+            self._flush()
+
     def _flush(self) -> None:
         n = len(self.columns["doc_id"])
         if n:

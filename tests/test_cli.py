@@ -253,10 +253,11 @@ def test_gold2corpus_annotate_score(tiny_bundle, tiny_conll, tmp_path):
 
 
 def test_runtime_imports_stay_lean():
-    """`nerbatch annotate` must start without torch or transformers (the runtime install)."""
+    """`nerbatch annotate` must start without torch or transformers (the runtime install), and
+    without ray, which only `--engine ray` imports."""
     code = (
         "import sys, ner_batch.cli, ner_batch.annotate, ner_batch.bundle, ner_batch.output, "
-        "ner_batch.readers, ner_batch.tagger\n"
+        "ner_batch.readers, ner_batch.tagger, ner_batch.ray_engine\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'ray', 'seqeval', "
         "'pandas', 'matplotlib') if m in sys.modules)\n"
         "assert not heavy, heavy\n"

@@ -1,0 +1,614 @@
+"""`nerbatch annotate --engine ray`: the annotate stage on a Ray cluster, through Ray Data.
+
+The driver (this process) does what the local engine does up front, with the same functions:
+check the bundle, expand the inputs, take the output's lock, read or start its manifest. Ray Data
+then runs
+
+    input files ──▶ read (tasks) ──▶ tag (actor pool, one ONNX Runtime session per actor) ──▶ driver
+
+and the driver writes what comes back, in input order, with the local engine's part writer and
+manifest. Reading calls `readers.read_file` and tagging the bundle's `Tagger`, so the rows are
+the local engine's; committing through the same manifest keeps its contract (a part is named in
+the manifest only once it is on disk; `_SUCCESS` last), and an output started by one engine can
+be resumed by the other: both resume after `documents_done` documents of the same deterministic
+stream. This engine also records where that count ends (input file and position in it), so a
+resume starts reading at that file instead of re-reading what is done.
+
+Failures: Ray restarts an actor whose process dies and retries its batch (a few times, not
+forever: a document that kills every actor must stop the run, not loop); a failure that outlives
+those retries, or a crash of the driver, ends the run with the output resumable from its last
+committed part, like the local engine.
+
+Deliberately not used: Ray Data's `write_parquet` (its files are not committed together with our
+manifest) and `max_errored_blocks` (it drops the documents of failed blocks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from itertools import islice
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .annotate import (
+    AnnotateConfig,
+    Interrupted,
+    RunLock,
+    StopFlag,
+    _Run,
+    complete_summary,
+    input_files,
+    make_output_dir,
+    prepare_run,
+    run_settings,
+)
+from .bundle import Bundle, load_bundle
+from .errors import BundleError, InputError, MissingExtraError, NerbatchError, OutputError
+from .readers import Document, InputFile, ReadOptions, Reject, read_file
+from .tagger import Tagger
+
+log = logging.getLogger(__name__)
+
+# Ray's own fault tolerance for the tagging actors: restart a dead actor, retry its batch.
+ACTOR_RESTARTS = 3
+BATCH_RETRIES = 3
+# Documents per block out of a read task (fewer when they are long).
+READ_BLOCK_DOCS = 512
+READ_BLOCK_CHARS = 8_000_000
+
+# Between the stages, one row per input document: `input` is its file's index in the run's
+# inputs and `item` its position in that file (documents and rejects alike), for order and resume.
+DOCUMENTS = pa.schema(
+    [
+        ("input", pa.int64()),
+        ("item", pa.int64()),
+        ("doc_id", pa.string()),
+        ("source", pa.string()),
+        ("text", pa.string()),  # null for a reject
+        ("line", pa.int64()),  # a reject's line, if any
+        ("reason", pa.string()),  # a reject's reason
+        ("fatal", pa.string()),  # an error that stops the run (as the local engine's would)
+    ]
+)
+SPAN = pa.struct(
+    [
+        ("start", pa.int64()),
+        ("end", pa.int64()),
+        ("label", pa.string()),
+        ("text", pa.string()),
+        ("score", pa.float64()),  # float32 in the output, rounded there as the local engine's
+    ]
+)
+TAGGED = pa.schema(
+    [*(f for f in DOCUMENTS if f.name != "text"), ("tokens", pa.int64()), ("spans", pa.list_(SPAN))]
+)
+
+
+def annotate_ray(config: AnnotateConfig, silent: bool = True) -> dict:
+    """`annotate` on Ray: the same output, manifest and summary as the local engine."""
+    started = time.monotonic()
+    gpus = _check_options(config)
+    ray = _import_ray()
+    bundle = load_bundle(config.model)
+    variant = bundle.resolve_variant(config.variant, config.device)
+    bundle.verify(variant)  # here, before a cluster starts, as well as in every actor
+    max_length, stride = _check_window(bundle, config)
+    settings = run_settings(config, variant, max_length, stride)
+    out = Path(config.output)
+    files, skipped = input_files(config)
+    make_output_dir(out)
+    with RunLock(out):
+        manifest = prepare_run(out, config, bundle.bundle_id, settings, files, skipped)
+        if manifest is None:
+            return complete_summary(out)
+        with _connected(ray, config.ray.address), _quiet_ray_data(), StopFlag() as stop:
+            run = _RayRun(out, manifest, bundle.bundle_id, config, silent)
+            if manifest["complete"]:  # killed before _SUCCESS: only that is left to write
+                run.consume([], 0, stop)
+            else:
+                first, skip, drop = resume_point(manifest)
+                workers = _workers(ray, config, gpus)
+                dataset = _pipeline(
+                    ray, files, first, skip, config, variant, max_length, stride, workers, gpus
+                )
+                with contextlib.closing(_tagged_batches(dataset)) as batches:
+                    run.consume(batches, drop, stop)
+            run.finish()
+    summary = dict(manifest["summary"])
+    summary["seconds_this_run"] = round(time.monotonic() - started, 2)
+    return summary
+
+
+def resume_point(manifest: dict) -> tuple[int, int, int]:
+    """Where the remaining work starts: (input index, documents of that input to skip while
+    reading it, documents of the tagged stream to drop after that).
+
+    The last commit of this engine records its position; when another engine committed after it
+    (the position is older than `documents_done`), the difference is dropped from the stream."""
+    done = manifest["documents_done"]
+    position = manifest.get("position")
+    if position and position["documents_done"] <= done:
+        return position["input"], position["items"], done - position["documents_done"]
+    return 0, 0, done
+
+
+def _check_options(config: AnnotateConfig) -> float:
+    """Refuse options that cannot work on Ray; returns the GPUs each actor reserves."""
+    options = config.ray
+    if options.num_workers is not None and options.num_workers < 1:
+        raise NerbatchError(f"--num-workers must be at least 1, not {options.num_workers}")
+    if options.cpus_per_worker < 1:
+        raise NerbatchError(f"--cpus-per-worker must be at least 1, not {options.cpus_per_worker}")
+    gpus = options.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if config.device == "cuda" else 0.0
+    if gpus < 0:
+        raise NerbatchError(f"--gpus-per-worker must be 0 or more, not {gpus}")
+    if gpus > 0 and config.device != "cuda":
+        raise NerbatchError(f"--gpus-per-worker {gpus:g} needs --device cuda")
+    if config.device == "cuda" and gpus == 0:
+        raise NerbatchError(
+            "--device cuda on Ray needs --gpus-per-worker above 0: an actor sees only the GPUs "
+            "it reserves"
+        )
+    if config.threads:
+        raise NerbatchError(
+            "--threads sets the local engine's ONNX Runtime threads; on Ray each worker runs "
+            "--cpus-per-worker threads"
+        )
+    return gpus
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the [data] extra: pandas, pyarrow, fsspec
+    except ImportError as e:
+        raise MissingExtraError("ray", "ray") from e
+    return ray
+
+
+def _check_window(bundle: Bundle, config: AnnotateConfig) -> tuple[int, int]:
+    """The window (max_length, stride), checked as the actors' taggers will check it."""
+    max_length, stride = bundle.window(config.max_length, config.stride)
+
+    def no_model(*arrays):
+        raise AssertionError("the driver does not run the model")
+
+    try:
+        Tagger(
+            bundle.encoder(), bundle.labels, no_model, max_length, stride, segment=config.segment
+        )
+    except ValueError as e:  # a max_length / stride the user chose: one Error: line
+        raise NerbatchError(str(e)) from e
+    return max_length, stride
+
+
+@contextlib.contextmanager
+def _connected(ray, address: str | None) -> Iterator[None]:
+    """The Ray the caller started, or a connection (or a new local cluster) for this run only."""
+    if ray.is_initialized():
+        yield
+        return
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it for good: restore it after
+    extra = {} if address else {"include_dashboard": False}
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, **extra)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise NerbatchError(f"cannot connect to the Ray cluster at {address or 'auto'}: {e}") from e
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if main_thread:
+            signal.signal(signal.SIGTERM, sigterm)
+
+
+class _RayDataConsole(logging.Filter):
+    """Ray Data's console lines during a run: warnings only (its full log stays in the Ray
+    session's logs), and not the notice that its progress bars are off (ours are on)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING and "Progress bars" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    handlers = [
+        h
+        for h in logging.getLogger("ray.data").handlers
+        if not type(h).__name__.startswith("SessionFile")
+    ]
+    console = _RayDataConsole()
+    for handler in handlers:
+        handler.addFilter(console)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(console)
+
+
+def _workers(ray, config: AnnotateConfig, gpus: float) -> int:
+    """--num-workers, or as many actors as the cluster's CPUs (and GPUs) fit now."""
+    cpus = config.ray.cpus_per_worker
+    resources = ray.cluster_resources()
+    fit = int(resources.get("CPU", 0) // cpus)
+    if gpus:
+        fit = min(fit, int(resources.get("GPU", 0) // gpus))
+    workers = config.ray.num_workers or max(1, fit)
+    if workers > fit:
+        log.warning(
+            "the Ray cluster has %g CPUs and %g GPUs: %d workers of %d CPUs and %g GPUs wait for "
+            "more nodes (an autoscaling cluster adds them)",
+            resources.get("CPU", 0),
+            resources.get("GPU", 0),
+            workers,
+            cpus,
+            gpus,
+            extra={"event": "ray_resources"},
+        )
+    log.info(
+        "annotating on Ray with %d workers (%d CPUs, %g GPUs each)",
+        workers,
+        cpus,
+        gpus,
+        extra={"event": "ray", "workers": workers},
+    )
+    return workers
+
+
+def _pipeline(
+    ray,
+    files: list[InputFile],
+    first: int,
+    skip: int,
+    config: AnnotateConfig,
+    variant: str,
+    max_length: int,
+    stride: int,
+    workers: int,
+    gpus: float,
+):
+    """The Ray Data pipeline from input `first` (its first `skip` documents done) to the end."""
+    todo = [
+        {
+            "input": index,
+            "path": f.path,
+            "format": f.format,
+            "size": f.size,
+            "mtime": f.mtime,
+            "error": f.error,
+            "skip": skip if index == first else 0,
+        }
+        for index, f in enumerate(files)
+        if index >= first
+    ]
+    dataset = ray.data.from_items(todo).map_batches(
+        read_documents,
+        batch_size=1,
+        batch_format="pyarrow",
+        fn_kwargs={"read": asdict(config.read), "cwd": os.getcwd()},
+        # No CPU reserved: reading is light next to the model, and read tasks that need a CPU
+        # wait forever once the actor pool holds every CPU (Ray Data does not see it).
+        num_cpus=0,
+        compute=ray.data.TaskPoolStrategy(size=workers),
+    )
+    model = config.model if "://" in str(config.model) else os.path.abspath(config.model)
+    gpu_args = {"num_gpus": gpus} if gpus else {}
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates passing actor options such as max_restarts this way, and has no
+        # other; its default (restart and retry forever) would loop on a batch that kills actors.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        dataset = dataset.map_batches(
+            TaggerActor,
+            batch_size=config.chunk_docs,
+            batch_format="pyarrow",
+            fn_constructor_kwargs={
+                "model": str(model),
+                "variant": variant,
+                "device": config.device,
+                "batch_size": config.batch_size,
+                "max_length": max_length,
+                "stride": stride,
+                "threads": config.ray.cpus_per_worker,
+                "max_batch_tokens": config.max_batch_tokens,
+                "segment": config.segment,
+                "chunk_docs": config.chunk_docs,
+                "chunk_chars": config.chunk_chars,
+            },
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=config.ray.cpus_per_worker,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=BATCH_RETRIES,
+            **gpu_args,
+        )
+    dataset.context.execution_options.preserve_order = True  # the driver commits in input order
+    # An actor that dies while it loads the model (a lost node, the OOM killer) is replaced a
+    # few times too; Ray Data's default fails the run at the first such death.
+    dataset.context.max_consecutive_actor_init_deaths = ACTOR_RESTARTS
+    dataset.context.enable_progress_bars = False  # the driver shows its own
+    return dataset
+
+
+def _tagged_batches(dataset) -> Iterator[pa.Table]:
+    """The pipeline's output in input order, with Ray's failures turned into our errors."""
+    batches = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
+    try:
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as e:  # anything a worker or Ray raised: see _ray_error
+                raise _ray_error(e) from e
+            yield batch
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()  # stops the execution when the driver stops early
+
+
+def _ray_error(error: BaseException) -> NerbatchError:
+    """Our own error raised in a worker (a bad bundle, an unusable input), or one line for a
+    failure of Ray's. Ray wraps a worker's exception (`RayTaskError.cause`), and Ray Data wraps
+    that again."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    root = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        root = current
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, BaseException):
+            current = cause
+        elif isinstance(current, NerbatchError):
+            return current
+        else:
+            current = current.__cause__ or current.__context__
+    message = str(root).strip().splitlines()[0] if str(root).strip() else ""
+    return NerbatchError(
+        f"the Ray job failed: {type(root).__name__}: {message}; the output stays resumable from "
+        "its last committed part (--debug shows the traceback)"
+    )
+
+
+# --- in the Ray workers --------------------------------------------------------------------------
+
+
+def read_documents(files: pa.Table, read: dict, cwd: str) -> Iterator[pa.Table]:
+    """Ray task: the documents and rejects of input files, as DOCUMENTS tables of bounded size."""
+    options = ReadOptions(**read)
+    rows: list[dict] = []
+    chars = 0
+    for spec in files.to_pylist():
+        for row in _file_rows(spec, options, cwd):
+            rows.append(row)
+            chars += len(row.get("text") or "")
+            if len(rows) >= READ_BLOCK_DOCS or chars >= READ_BLOCK_CHARS:
+                yield pa.Table.from_pylist(rows, schema=DOCUMENTS)
+                rows, chars = [], 0
+    if rows:
+        yield pa.Table.from_pylist(rows, schema=DOCUMENTS)
+
+
+def _file_rows(spec: dict, options: ReadOptions, cwd: str) -> Iterator[dict]:
+    given = spec["path"]
+    # A worker's working directory is not the driver's: read relative paths from the driver's,
+    # and write ids, sources and messages with the path as given, as the local engine does.
+    local = given if "://" in given or os.path.isabs(given) else os.path.join(cwd, given)
+
+    def row(item: int, doc_id=None, text=None, line=None, reason=None, fatal=None) -> dict:
+        if local != given:
+            if doc_id == local or re.fullmatch(re.escape(local) + r":\d+", doc_id or ""):
+                doc_id = given + doc_id[len(local) :]  # <file> or <file>:<line>
+            reason = reason and reason.replace(local, given)
+            fatal = fatal and fatal.replace(local, given)
+        return {
+            "input": spec["input"],
+            "item": item,
+            "doc_id": doc_id,
+            "source": given,
+            "text": text,
+            "line": line,
+            "reason": reason,
+            "fatal": fatal,
+        }
+
+    if not spec["error"] and "://" not in local and not os.path.exists(local):
+        yield row(
+            spec["skip"],
+            fatal=f"{given}: not found on Ray node {socket.gethostname()}; every node must "
+            "read the inputs at the same path (a shared filesystem) or from an object store",
+        )
+        return
+    file = InputFile(local, spec["format"], spec["size"], spec["mtime"], spec["error"])
+    skip = item = spec["skip"]
+    try:
+        for item, document in enumerate(islice(read_file(file, options), skip, None), skip):
+            if isinstance(document, Document):
+                yield row(item, doc_id=document.doc_id, text=document.text)
+            else:
+                yield row(item, doc_id=document.doc_id, line=document.line, reason=document.reason)
+    except NerbatchError as e:  # e.g. a Parquet file without the text column: the run stops
+        yield row(item, fatal=str(e))
+
+
+class TaggerActor:
+    """Ray actor: tags DOCUMENTS batches into TAGGED ones, with one ONNX Runtime session."""
+
+    def __init__(
+        self,
+        model: str,
+        variant: str,
+        device: str,
+        batch_size: int,
+        max_length: int,
+        stride: int,
+        threads: int,
+        max_batch_tokens: int,
+        segment: str,
+        chunk_docs: int,
+        chunk_chars: int,
+    ):
+        try:
+            bundle = load_bundle(model)
+        except BundleError as e:
+            raise BundleError(
+                f"on Ray node {socket.gethostname()}: {e}; every node must read the bundle at the "
+                "same path (a shared filesystem) or from an object store"
+            ) from e
+        self.tagger = bundle.tagger(
+            variant, device, batch_size, max_length, stride, threads, max_batch_tokens, segment
+        )
+        self.chunk_docs = chunk_docs
+        self.chunk_chars = chunk_chars
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        tagged = self._tag([r["text"] for r in rows if r["text"] is not None])
+        out = []
+        for r in rows:
+            text = r.pop("text")
+            tokens, spans = next(tagged) if text is not None else (0, [])
+            spans = [
+                {
+                    "start": s.start,
+                    "end": s.end,
+                    "label": s.label,
+                    "text": text[s.start : s.end],
+                    "score": s.score,
+                }
+                for s in spans
+            ]
+            out.append({**r, "tokens": tokens, "spans": spans})
+        return pa.Table.from_pylist(out, schema=TAGGED)
+
+    def _tag(self, texts: list[str]) -> Iterator[tuple[int, list]]:
+        """(sub-tokens, spans) of each text, tagged in chunks bounded like the local engine's."""
+        start = 0
+        while start < len(texts):
+            end, chars = start, 0
+            while end < len(texts) and end - start < self.chunk_docs and chars < self.chunk_chars:
+                chars += len(texts[end])
+                end += 1
+            chunk = texts[start:end]
+            encoded = self.tagger.encoder.encode_batch(chunk)
+            predictions = self.tagger.predict(encoded)
+            for text, enc, prediction in zip(chunk, encoded, predictions, strict=True):
+                yield len(enc), self.tagger.spans(text, prediction)
+            start = end
+
+
+# --- in the driver -------------------------------------------------------------------------------
+
+
+class _RayRun(_Run):
+    """The local engine's parts, rejects and manifest, fed with the pipeline's tagged rows."""
+
+    def __init__(self, out: Path, manifest: dict, model_id: str, config: AnnotateConfig, silent):
+        super().__init__(out, manifest, None, model_id, config, silent)
+        self.last: tuple[int, int] | None = None  # (input, item) of the last row written
+
+    def consume(self, batches: Iterable[pa.Table], drop: int, stop: StopFlag) -> None:
+        """Write the tagged rows after the first `drop`, committing every `part_docs`."""
+        from tqdm import tqdm
+
+        self.progress = tqdm(
+            unit="doc", disable=True if self.silent else None, desc="annotate", dynamic_ncols=True
+        )
+        try:
+            for batch in batches:
+                dropped = min(drop, batch.num_rows)
+                drop -= dropped
+                self._add_rows(batch.slice(dropped))
+                self.progress.update(batch.num_rows - dropped)
+                if stop.signal is not None:
+                    if self.part is not None:
+                        self._commit()
+                    raise Interrupted(self._interrupted_message(stop.signal))
+            if self.part is not None or not self.manifest["parts"]:
+                self._ensure_part()
+                self._commit()
+        except OSError as e:  # the workers' errors come as NerbatchError: this is a write
+            self._abort_part()
+            raise OutputError(
+                f"cannot write to {self.out}: {e.strerror or e}; the output stays resumable from "
+                "the last committed part once the problem is fixed"
+            ) from e
+        except BaseException:
+            self._abort_part()
+            raise
+        finally:
+            self.progress.close()
+
+    def _add_rows(self, batch: pa.Table) -> None:
+        start = 0
+        while start < batch.num_rows:
+            self._ensure_part()
+            size = min(batch.num_rows - start, self.config.part_docs - self.part_docs)
+            self._add(batch.slice(start, size))
+            start += size
+            if self.part_docs >= self.config.part_docs:
+                self._commit()
+
+    def _add(self, rows: pa.Table) -> None:
+        """Rows of one part: spans into the part, rejects beside it, counts."""
+        fatal = rows.column("fatal")
+        if fatal.null_count < len(fatal):
+            raise InputError(next(m for m in fatal.to_pylist() if m is not None))
+        rejected = pc.is_valid(rows.column("reason"))
+        for reject in (
+            rows.filter(rejected).select(["source", "doc_id", "line", "reason"]).to_pylist()
+        ):
+            self.rejects.append(Reject(**reject))
+        annotated = rows.filter(pc.invert(rejected))
+        spans = annotated.column("spans").combine_chunks()  # (documents,) lists of spans
+        flat = pc.list_flatten(spans)  # (spans,) structs
+        owner = pc.list_parent_indices(spans)  # (spans,) document of each span
+        self.part.add_table(
+            pa.table(
+                {
+                    "doc_id": annotated.column("doc_id").take(owner),
+                    "source": annotated.column("source").take(owner),
+                    "start": flat.field("start"),
+                    "end": flat.field("end"),
+                    "label": flat.field("label"),
+                    "text": flat.field("text"),
+                    "score": flat.field("score"),
+                    "model": pa.array([self.model_id] * len(flat), pa.string()),
+                }
+            )
+        )
+        self.part_docs += rows.num_rows
+        self.run_docs += rows.num_rows
+        counts = self.part_counts
+        counts["annotated"] += annotated.num_rows
+        counts["rejected"] += rows.num_rows - annotated.num_rows
+        counts["spans"] += len(flat)
+        counts["tokens"] += pc.sum(annotated.column("tokens")).as_py() or 0
+        if rows.num_rows:
+            self.last = (rows.column("input")[-1].as_py(), rows.column("item")[-1].as_py())
+
+    def _commit(self) -> None:
+        """Commit the part, with where the committed documents end for the next resume."""
+        if self.last is not None:
+            self.manifest["position"] = {
+                "documents_done": self.manifest["documents_done"] + self.part_docs,
+                "input": self.last[0],
+                "items": self.last[1] + 1,
+            }
+        super()._commit()
