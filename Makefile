@@ -17,11 +17,12 @@ AIRFLOW_VENV ?= .venv-airflow
 
 install: $(VENV)/.installed
 
-# torch is pinned by constraints.txt (the CPU wheel); the extras bring training, scoring and tests.
+# torch is pinned by constraints.txt (the CPU wheel); the extras bring training, scoring, the Ray
+# engine and tests.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[train,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[train,ray,dev]"
 	touch $@
 
 # Airflow pins many packages: it gets its own virtualenv, used by tests/test_airflow.py to run the
