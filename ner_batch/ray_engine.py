@@ -160,8 +160,8 @@ def _check_options(config: AnnotateConfig) -> float:
         raise NerbatchError(f"--gpus-per-worker {gpus:g} needs --device cuda")
     if config.device == "cuda" and gpus == 0:
         raise NerbatchError(
-            "--device cuda on Ray needs --gpus-per-worker above 0: an actor sees only the GPUs "
-            "it reserves"
+            "--device cuda on Ray needs --gpus-per-worker above 0: Ray places actors on GPUs, "
+            "and keeps them apart, only by the GPUs they reserve"
         )
     if config.threads:
         raise NerbatchError(
