@@ -10,9 +10,13 @@ the same run. F1 is seqeval against the gold the texts came from.
     python benchmarks/throughput.py --checkpoint runs/minilm --bundle export/minilm \
         --data ../shared/data/conll2003
     python benchmarks/throughput.py ... --scaling 1,5,20 [--tiny-bundle DIR --tiny-scaling 50,1000]
+    python benchmarks/throughput.py ... --engine ray --num-workers 2   # + a Ray engine row
 
 `--scaling` sizes (MB of JSONL generated from CoNLL train text: many documents of mixed length,
 some very long) run annotate with the real bundle and report tokens/s and peak RSS per size.
+`--engine ray` adds a row for `annotate --engine ray` on a local Ray cluster that the row starts
+(its time includes starting the actors, not the cluster; its peak RSS is the driver's alone, not
+the Ray workers').
 """
 
 from __future__ import annotations
@@ -112,7 +116,7 @@ def worker_pipeline(args) -> dict:
 
 
 def worker_annotate(args) -> dict:
-    from ner_batch.annotate import AnnotateConfig, annotate
+    from ner_batch.annotate import AnnotateConfig, RayOptions, annotate
     from ner_batch.output import read_spans
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,10 +135,13 @@ def worker_annotate(args) -> dict:
                 output=str(out),
                 model=args.bundle,
                 variant=args.variant,
-                threads=args.threads,
+                device=args.device,
+                threads=args.threads if args.engine == "local" else 0,
                 batch_size=args.batch_size,
                 max_batch_tokens=args.max_batch_tokens,
-                streams=args.streams,
+                streams=args.streams or 1,  # rows without --streams: the default
+                engine=args.engine,
+                ray=RayOptions(num_workers=args.num_workers),
             )
         )
         # Timed like the baseline, whose model load is not timed either: from the first
@@ -289,6 +296,13 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--streams", type=int, default=None, help="annotate --streams")
+    parser.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="ray: add a row for annotate --engine ray (a local Ray cluster, --num-workers actors)",
+    )
+    parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-batch-tokens", type=int, default=4096)
     parser.add_argument("--corpus")
@@ -328,6 +342,15 @@ def main() -> None:
             )
         )
     rows.append(("nerbatch annotate, fp32", spawn("annotate", variant="fp32", **common)))
+    if args.engine == "ray":
+        rows.append(
+            (
+                f"nerbatch annotate --engine ray, int8, {args.num_workers} workers",
+                spawn(
+                    "annotate", variant="auto", engine="ray", num_workers=args.num_workers, **common
+                ),
+            )
+        )
     rows.append(
         (
             "bare ORT int8 loop, model time only",
