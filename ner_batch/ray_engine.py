@@ -113,7 +113,7 @@ def annotate_ray(config: AnnotateConfig, silent: bool = True) -> dict:
         manifest = prepare_run(out, config, bundle.bundle_id, settings, files, skipped)
         if manifest is None:
             return complete_summary(out)
-        with _connected(ray, config.ray.address), _quiet_ray_data(), StopFlag() as stop:
+        with _connected(ray, config.ray.address), _quiet_ray_data(), RayStopFlag() as stop:
             run = _RayRun(out, manifest, bundle.bundle_id, config, silent)
             if manifest["complete"]:  # killed before _SUCCESS: only that is left to write
                 run.consume([], 0, stop)
@@ -129,6 +129,20 @@ def annotate_ray(config: AnnotateConfig, silent: bool = True) -> dict:
     summary = dict(manifest["summary"])
     summary["seconds_this_run"] = round(time.monotonic() - started, 2)
     return summary
+
+
+class RayStopFlag(StopFlag):
+    """The first SIGTERM / SIGINT stops after the batch that is on its way, which is committed;
+    a second one stops at once (the driver may be waiting for a cluster that cannot place the
+    actors)."""
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise Interrupted(
+                f"stopped by a second {signal.Signals(signum).name}; run the same command again "
+                "to resume from the last committed part"
+            )
+        super()._handle(signum, frame)
 
 
 def resume_point(manifest: dict) -> tuple[int, int, int]:
@@ -305,7 +319,7 @@ def _pipeline(
         # No CPU reserved: reading is light next to the model, and read tasks that need a CPU
         # wait forever once the actor pool holds every CPU (Ray Data does not see it).
         num_cpus=0,
-        compute=ray.data.TaskPoolStrategy(size=workers),
+        compute=ray.data.TaskPoolStrategy(size=min(workers, len(todo))),
     )
     model = config.model if "://" in str(config.model) else os.path.abspath(config.model)
     gpu_args = {"num_gpus": gpus} if gpus else {}
@@ -519,7 +533,9 @@ class TaggerActor:
 class _RayRun(_Run):
     """The local engine's parts, rejects and manifest, fed with the pipeline's tagged rows."""
 
-    def __init__(self, out: Path, manifest: dict, model_id: str, config: AnnotateConfig, silent):
+    def __init__(
+        self, out: Path, manifest: dict, model_id: str, config: AnnotateConfig, silent: bool
+    ):
         super().__init__(out, manifest, None, model_id, config, silent)
         self.last: tuple[int, int] | None = None  # (input, item) of the last row written
 

@@ -27,7 +27,7 @@ import ner_batch.ray_engine as ray_engine
 from ner_batch.annotate import AnnotateConfig, Interrupted, RayOptions, annotate
 from ner_batch.cli import cli
 from ner_batch.errors import BundleError, InputError, MissingExtraError, NerbatchError
-from ner_batch.ray_engine import _ray_error, resume_point
+from ner_batch.ray_engine import RayStopFlag, _ray_error, resume_point
 from ner_batch.readers import ReadOptions
 
 # Ray Data's DataContext.copy() touches its own deprecated settings.
@@ -271,10 +271,20 @@ def test_sigterm_commits_and_resumes(cluster, run, corpus, tmp_path, monkeypatch
     # What arrived before the signal is committed; nothing after it is read into the output.
     assert manifest["documents_done"] == sum(batches) and not manifest["complete"]
     assert not (out / "_lock").exists()
-    run([corpus], out, engine="ray")
+    run([corpus], out)  # the local engine finishes it (faster here than starting actors again)
     assert_complete(out)
     assert same_rows(out, reference)
     assert rejects_of(out) == rejects_of(reference)
+
+
+def test_empty_input_still_completes(cluster, run, tmp_path):
+    empty = tmp_path / "in" / "empty.jsonl"
+    empty.parent.mkdir()
+    empty.write_text("")
+    summary = run([empty], tmp_path / "out.parquet", engine="ray")
+    assert summary["documents"] == 0
+    assert_complete(tmp_path / "out.parquet")
+    assert pq.read_table(tmp_path / "out.parquet").num_rows == 0
 
 
 def test_unusable_input_stops_the_run_as_locally(cluster, run, tmp_path):
@@ -345,6 +355,14 @@ def test_ray_missing_is_one_clear_error(tiny_bundle, tmp_path, monkeypatch):
     )
     with pytest.raises(MissingExtraError):
         annotate(AnnotateConfig([str(tmp_path / "a.txt")], str(tmp_path / "o"), engine="ray"))
+
+
+def test_a_second_signal_stops_at_once():
+    stop = RayStopFlag()
+    stop._handle(signal.SIGTERM, None)
+    assert stop.signal == signal.SIGTERM  # the first: stop after the batch on its way
+    with pytest.raises(Interrupted, match="stopped by a second SIGINT; run the same command"):
+        stop._handle(signal.SIGINT, None)
 
 
 def test_errors_from_workers_come_out_as_ours():
