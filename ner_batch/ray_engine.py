@@ -222,7 +222,8 @@ def _connected(ray, address: str | None) -> Iterator[None]:
     try:
         ray.init(address=address, logging_level=logging.WARNING, **extra)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise NerbatchError(f"cannot connect to the Ray cluster at {address or 'auto'}: {e}") from e
+        where = f"connect to the Ray cluster at {address}" if address else "start or find Ray"
+        raise NerbatchError(f"cannot {where}: {e}") from e
     try:
         yield
     finally:
