@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import re
 import signal
 import socket
@@ -37,7 +38,6 @@ import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from itertools import islice
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,7 +56,9 @@ from .annotate import (
 )
 from .bundle import Bundle, load_bundle
 from .errors import BundleError, InputError, MissingExtraError, NerbatchError, OutputError
+from .output import OutputDir
 from .readers import Document, InputFile, ReadOptions, Reject, read_file
+from .storage import is_uri, local_path
 from .tagger import Tagger
 
 log = logging.getLogger(__name__)
@@ -106,8 +108,8 @@ def annotate_ray(config: AnnotateConfig, silent: bool = True) -> dict:
     bundle.verify(variant)  # here, before a cluster starts, as well as in every actor
     max_length, stride = _check_window(bundle, config)
     settings = run_settings(config, variant, max_length, stride)
-    out = Path(config.output)
-    files, skipped = input_files(config)
+    out = OutputDir(config.output)
+    files, skipped = input_files(config, out)
     make_output_dir(out)
     with RunLock(out):
         manifest = prepare_run(out, config, bundle.bundle_id, settings, files, skipped)
@@ -307,6 +309,8 @@ def _pipeline(
             "size": f.size,
             "mtime": f.mtime,
             "error": f.error,
+            # An object-store input's filesystem, as the driver opened it (pyarrow's pickle).
+            "remote": pickle.dumps(f.remote) if f.remote is not None else None,
             "skip": skip if index == first else 0,
         }
         for index, f in enumerate(files)
@@ -322,7 +326,8 @@ def _pipeline(
         num_cpus=0,
         compute=ray.data.TaskPoolStrategy(size=min(workers, len(todo))),
     )
-    model = config.model if "://" in str(config.model) else os.path.abspath(config.model)
+    model = str(config.model)
+    model = model if is_uri(model) else os.path.abspath(local_path(model))
     gpu_args = {"num_gpus": gpus} if gpus else {}
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing actor options such as max_restarts this way, and has no
@@ -422,9 +427,10 @@ def read_documents(files: pa.Table, read: dict, cwd: str) -> Iterator[pa.Table]:
 
 def _file_rows(spec: dict, options: ReadOptions, cwd: str) -> Iterator[dict]:
     given = spec["path"]
+    remote = pickle.loads(spec["remote"]) if spec["remote"] is not None else None
     # A worker's working directory is not the driver's: read relative paths from the driver's,
     # and write ids, sources and messages with the path as given, as the local engine does.
-    local = given if "://" in given or os.path.isabs(given) else os.path.join(cwd, given)
+    local = given if remote or os.path.isabs(given) else os.path.join(cwd, given)
 
     def row(item: int, doc_id=None, text=None, line=None, reason=None, fatal=None) -> dict:
         if local != given:
@@ -443,14 +449,14 @@ def _file_rows(spec: dict, options: ReadOptions, cwd: str) -> Iterator[dict]:
             "fatal": fatal,
         }
 
-    if not spec["error"] and "://" not in local and not os.path.exists(local):
+    if not spec["error"] and not remote and not os.path.exists(local):
         yield row(
             spec["skip"],
             fatal=f"{given}: not found on Ray node {socket.gethostname()}; every node must "
             "read the inputs at the same path (a shared filesystem) or from an object store",
         )
         return
-    file = InputFile(local, spec["format"], spec["size"], spec["mtime"], spec["error"])
+    file = InputFile(local, spec["format"], spec["size"], spec["mtime"], spec["error"], remote)
     skip = item = spec["skip"]
     try:
         for item, document in enumerate(islice(read_file(file, options), skip, None), skip):
@@ -535,7 +541,7 @@ class _RayRun(_Run):
     """The local engine's parts, rejects and manifest, fed with the pipeline's tagged rows."""
 
     def __init__(
-        self, out: Path, manifest: dict, model_id: str, config: AnnotateConfig, silent: bool
+        self, out: OutputDir, manifest: dict, model_id: str, config: AnnotateConfig, silent: bool
     ):
         super().__init__(out, manifest, None, model_id, config, silent)
         self.last: tuple[int, int] | None = None  # (input, item) of the last row written

@@ -12,15 +12,8 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import build_corpus, write_parquet
-from test_annotate import (
-    Crash,
-    assert_complete,
-    crashing_documents,
-    manifest_of,
-    rows_of,
-    write_bad_inputs,
-)
+from helpers import build_corpus, write_bad_inputs, write_parquet
+from test_annotate import Crash, assert_complete, crashing_documents, manifest_of, rows_of
 
 import ner_batch.annotate as annotate_module
 import ner_batch.ray_engine as ray_engine
