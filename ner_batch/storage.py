@@ -74,7 +74,8 @@ def copy_to_local(remote: Remote, destination: str) -> None:
     import os
     import shutil
 
-    tmp = f"{destination}.part"
+    # A name of this process's own: Ray actors on one node fill the same bundle cache at once.
+    tmp = f"{destination}.{os.getpid()}.part"
     with (
         remote.filesystem.open_input_stream(remote.path, compression=None) as src,
         open(tmp, "wb") as dst,
