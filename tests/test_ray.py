@@ -4,10 +4,16 @@ errors, and options refused before any cluster starts."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -44,28 +50,69 @@ def kill_an_actor_once(marker: str) -> None:
     Tagger.predict = predict_or_die
 
 
+def start_s3_server(stack: contextlib.ExitStack) -> dict | None:
+    """moto's S3 server on loopback, if moto is installed; returns the environment that points
+    the AWS SDK at it."""
+    try:
+        import moto  # noqa: F401
+    except ImportError:
+        return None
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stack.callback(server.wait, timeout=10)
+    stack.callback(server.terminate)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            assert server.poll() is None and time.monotonic() < deadline, "moto did not start"
+            time.sleep(0.1)
+    return {
+        "AWS_ACCESS_KEY_ID": "nerbatch-test-key",
+        "AWS_SECRET_ACCESS_KEY": "nerbatch-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A local Ray cluster of 2 CPUs; yields the file whose presence kills the next actor batch."""
+    """A local Ray cluster of 2 CPUs. `kill_marker`: a file whose presence kills the next actor
+    batch; `s3`: the environment of an S3 server (None without moto), which the workers inherit
+    like credentials on a real cluster's nodes."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'nerbatch[ray]')")
     marker = tmp_path_factory.mktemp("ray") / "kill-an-actor"
-    # The workers cannot import this test module: send the hook itself.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    sigterm = signal.getsignal(signal.SIGTERM)
+    with contextlib.ExitStack() as stack:
+        s3 = start_s3_server(stack)
+        environment = stack.enter_context(pytest.MonkeyPatch.context())
+        for key, value in (s3 or {}).items():
+            environment.setenv(key, value)
+        environment.setenv("NERBATCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        # The workers cannot import this test module: send the hook itself.
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        stack.callback(ray.cloudpickle.unregister_pickle_by_value, sys.modules[__name__])
+        stack.callback(signal.signal, signal.SIGTERM, signal.getsignal(signal.SIGTERM))
 
-    def setup_hook():
-        kill_an_actor_once(str(marker))
+        def setup_hook():
+            kill_an_actor_once(str(marker))
 
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        runtime_env={"worker_process_setup_hook": setup_hook},
-    )
-    yield marker
-    ray.shutdown()
-    signal.signal(signal.SIGTERM, sigterm)  # ray.init replaced it
-    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            runtime_env={"worker_process_setup_hook": setup_hook},
+        )
+        stack.callback(ray.shutdown)
+        yield SimpleNamespace(kill_marker=marker, s3=s3)
 
 
 # Small parts and chunks: several parts, and batches for both actors, on a small corpus.
@@ -233,9 +280,9 @@ def test_one_engine_resumes_the_other(cluster, run, corpus, tmp_path, monkeypatc
 
 def test_a_dead_actor_is_restarted_and_its_batch_retried(cluster, run, corpus, tmp_path):
     reference = run([corpus], tmp_path / "reference.parquet")
-    cluster.touch()
+    cluster.kill_marker.touch()
     summary = run([corpus], tmp_path / "out.parquet", engine="ray")
-    assert not cluster.exists()  # an actor died on it
+    assert not cluster.kill_marker.exists()  # an actor died on it
     assert {k: summary[k] for k in COUNTS} == {k: reference[k] for k in COUNTS}
     assert_complete(tmp_path / "out.parquet")
     assert same_rows(tmp_path / "out.parquet", tmp_path / "reference.parquet")
@@ -278,6 +325,49 @@ def test_empty_input_still_completes(cluster, run, tmp_path):
     assert summary["documents"] == 0
     assert_complete(tmp_path / "out.parquet")
     assert pq.read_table(tmp_path / "out.parquet").num_rows == 0
+
+
+def upload(fs, local: Path, key: str) -> str:
+    """Copy a local directory tree to s3://KEY; returns the URI."""
+    import pyarrow.fs as pafs
+
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        target = f"{key}/{path.relative_to(local).as_posix()}"
+        pafs.copy_files(str(path), target, destination_filesystem=fs)
+    return f"s3://{key}"
+
+
+def test_inputs_bundle_and_output_on_s3(cluster, run, tiny_bundle, tmp_path):
+    if cluster.s3 is None:
+        pytest.skip("moto[server] is needed for the S3 test (the [dev] extra)")
+    import pyarrow.fs as pafs
+
+    fs = pafs.S3FileSystem(
+        endpoint_override=cluster.s3["AWS_ENDPOINT_URL"], scheme="http", allow_bucket_creation=True
+    )
+    fs.create_dir("ray-test")
+    corpus = build_corpus(tmp_path)
+    write_bad_inputs(corpus / "bad")
+    reference = tmp_path / "reference.parquet"
+    local = run([corpus], reference)
+    corpus_uri = upload(fs, corpus, "ray-test/in")
+    bundle_uri = upload(fs, tiny_bundle, "ray-test/bundle")
+
+    summary = run([corpus_uri], "s3://ray-test/out", engine="ray", model=bundle_uri)
+    assert {k: summary[k] for k in COUNTS} == {k: local[k] for k in COUNTS}
+
+    def rows(table, replace=("", "")):
+        return [
+            {k: v.replace(*replace) if isinstance(v, str) else v for k, v in r.items()}
+            for r in table.to_pylist()
+        ]
+
+    uri = (str(corpus), corpus_uri)
+    assert rows(pq.read_table("ray-test/out", filesystem=fs)) == rows(pq.read_table(reference), uri)
+    assert rows(pq.read_table("ray-test/out/_rejects", filesystem=fs)) == rows(
+        pq.read_table(reference / "_rejects"), uri
+    )
+    assert fs.get_file_info("ray-test/out/_SUCCESS").type == pafs.FileType.File
 
 
 def test_unusable_input_stops_the_run_as_locally(cluster, run, tmp_path):
