@@ -184,6 +184,10 @@ def _check_options(config: AnnotateConfig) -> float:
             "--threads sets the local engine's ONNX Runtime threads; on Ray each worker runs "
             "--cpus-per-worker threads"
         )
+    if config.streams != 1:
+        raise NerbatchError(
+            "--streams is the local engine's; on Ray, run more workers (--num-workers)"
+        )
     return gpus
 
 

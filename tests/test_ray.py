@@ -395,6 +395,7 @@ def test_unusable_input_stops_the_run_as_locally(cluster, run, tmp_path):
         ({"ray": RayOptions(gpus_per_worker=1)}, "--gpus-per-worker 1 needs --device cuda"),
         ({"device": "cuda", "ray": RayOptions(gpus_per_worker=0)}, "--gpus-per-worker above 0"),
         ({"threads": 2}, "--threads sets the local engine's ONNX Runtime threads"),
+        ({"streams": 2}, "--streams is the local engine's; on Ray, run more workers"),
         ({"engine": "spark"}, "unknown engine 'spark'; expected one of ['local', 'ray']"),
     ],
 )
