@@ -1,6 +1,7 @@
 """The Ray engine on a real local Ray cluster (one for the module: Ray takes ~10 s to start): the
-same rows and rejects as the local engine, the CLI, resuming after a crash (also across engines),
-errors, and options refused before any cluster starts."""
+same rows and rejects as the local engine, the CLI, a dead actor, resuming after a driver crash
+and after SIGTERM (also across engines), S3 inputs, bundle and output, errors, and options
+refused before any cluster starts."""
 
 from __future__ import annotations
 
@@ -255,23 +256,26 @@ def test_one_engine_resumes_the_other(cluster, run, corpus, tmp_path, monkeypatc
         with pytest.raises(Crash):
             run([corpus], out)
     assert resume_point(manifest_of(out)) == (0, 0, 21)
-    # Ray commits 2 parts and is killed; the local engine finishes.
-    real_write = annotate_module.write_manifest
-    commits = []
+    # Ray gets SIGTERM (as from cron or Airflow) once it has written 10 documents more: it
+    # commits what has arrived and stops; the local engine finishes.
+    add_rows = ray_engine._RayRun._add_rows
+    added: list[int] = []
 
-    def write_manifest(out, manifest):
-        commits.append(1)
-        if len(commits) == 3:
-            raise Crash("killed before the manifest")
-        real_write(out, manifest)
+    def add_rows_then_sigterm(self, batch):
+        added.append(batch.num_rows)  # after the 21 done documents are dropped
+        add_rows(self, batch)
+        if sum(added) >= 10:  # the run stops after this batch: no second signal
+            os.kill(os.getpid(), signal.SIGTERM)
 
     with monkeypatch.context() as patch:
-        patch.setattr(annotate_module, "write_manifest", write_manifest)
-        with pytest.raises(Crash):
+        patch.setattr(ray_engine._RayRun, "_add_rows", add_rows_then_sigterm)
+        with pytest.raises(Interrupted, match=r"stopped by SIGTERM after \d+ documents; run the"):
             run([corpus], out, engine="ray")
-    assert manifest_of(out)["documents_done"] == 35
+    done = manifest_of(out)["documents_done"]
+    assert done == 21 + sum(added) and sum(added) >= 10 and not manifest_of(out)["complete"]
+    assert not (out / "_lock").exists()
     summary = run([corpus], out)
-    assert summary["documents_this_run"] == complete["documents"] - 35
+    assert summary["documents_this_run"] == complete["documents"] - done
     assert {k: summary[k] for k in COUNTS} == {k: complete[k] for k in COUNTS}
     assert_complete(out)
     assert same_rows(out, reference)
@@ -286,35 +290,6 @@ def test_a_dead_actor_is_restarted_and_its_batch_retried(cluster, run, corpus, t
     assert {k: summary[k] for k in COUNTS} == {k: reference[k] for k in COUNTS}
     assert_complete(tmp_path / "out.parquet")
     assert same_rows(tmp_path / "out.parquet", tmp_path / "reference.parquet")
-
-
-def test_sigterm_commits_and_resumes(cluster, run, corpus, tmp_path, monkeypatch):
-    reference = tmp_path / "reference.parquet"
-    run([corpus], reference)
-    add_rows = ray_engine._RayRun._add_rows
-    batches = []
-
-    def add_rows_then_sigterm(self, batch):
-        batches.append(batch.num_rows)
-        if len(batches) == 3:  # as cron or Airflow would, in the middle of the run
-            os.kill(os.getpid(), signal.SIGTERM)
-        add_rows(self, batch)
-
-    out = tmp_path / "out.parquet"
-    with monkeypatch.context() as patch:
-        patch.setattr(ray_engine._RayRun, "_add_rows", add_rows_then_sigterm)
-        with pytest.raises(
-            Interrupted, match=r"stopped by SIGTERM after \d+ documents; run the same"
-        ):
-            run([corpus], out, engine="ray")
-    manifest = manifest_of(out)
-    # What arrived before the signal is committed; nothing after it is read into the output.
-    assert manifest["documents_done"] == sum(batches) and not manifest["complete"]
-    assert not (out / "_lock").exists()
-    run([corpus], out)  # the local engine finishes it (faster here than starting actors again)
-    assert_complete(out)
-    assert same_rows(out, reference)
-    assert rejects_of(out) == rejects_of(reference)
 
 
 def test_empty_input_still_completes(cluster, run, tmp_path):
