@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data/conll2003
 RUN ?= runs/minilm
 BUNDLE ?= export/minilm
-EPOCHS ?= 5
+EPOCHS ?= 8
 WORK ?= work
 AIRFLOW_VENV ?= .venv-airflow
 

