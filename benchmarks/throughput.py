@@ -1,6 +1,6 @@
 """Annotate throughput and memory against the Hugging Face pipeline, in one run.
 
-Every system runs in its own subprocess on the same texts, so peak RSS (from wait4) is its own.
+Every system runs in its own subprocess on the same texts, so peak RSS (VmHWM) is its own.
 Rows: `transformers.pipeline("token-classification")` on the PyTorch checkpoint (batch 32,
 aggregation "first": the baseline), `nerbatch annotate` end to end (read -> tokenise -> infer ->
 spans -> Parquet) with the default int8 variant and with fp32, and a bare ONNX Runtime loop
@@ -196,8 +196,21 @@ WORKERS = {"pipeline": worker_pipeline, "annotate": worker_annotate, "bare": wor
 # --- the driver ----------------------------------------------------------------------------------
 
 
+def own_peak_rss_mb() -> float | None:
+    """This process's peak RSS since exec (VmHWM). wait4's ru_maxrss would not do: Linux
+    carries the forking parent's peak into the child's, so a driver that has built a model
+    (torch loaded) would inflate every later row."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def spawn(kind: str, **options) -> dict:
-    """Run a worker in a subprocess; add its peak RSS (MB) from wait4."""
+    """Run a worker in a subprocess; its peak RSS in MB (VmHWM, else wait4's ru_maxrss)."""
     command = [sys.executable, str(HERE), "--worker", kind]
     for key, value in options.items():
         if value is not None:
@@ -208,7 +221,8 @@ def spawn(kind: str, **options) -> dict:
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"worker {kind} failed ({status})")
         result = json.loads(Path(result_file.name).read_text())
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
+    if result.get("peak_rss_mb") is None:
+        result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
     return result
 
 
@@ -240,6 +254,33 @@ def make_corpus(path: Path, megabytes: float, data: Path, seed: int = 0) -> None
             f.write(record)
             written += len(record.encode())
             i += 1
+
+
+def build_tiny_bundle(checkpoint: str, out: Path) -> Path:
+    """A bundle with the checkpoint's tokenizer, labels and word shapes around a random
+    2-layer, 32-wide BERT: reading, tokenising and writing dominate its annotate runs."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    from ner_batch.export import Tolerances, export
+
+    source = Path(checkpoint)
+    tiny = out / "checkpoint"
+    tiny.mkdir(parents=True, exist_ok=True)
+    for name in ("nerbatch.json", "labels.json", "tokenizer.json", "tokenizer_config.json"):
+        if (source / name).exists():
+            shutil.copy(source / name, tiny / name)
+    config = AutoConfig.from_pretrained(source)
+    config.update(
+        {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2},
+    )
+    config.intermediate_size = 64
+    AutoModelForTokenClassification.from_config(config).save_pretrained(tiny)
+    # Random weights: variant F1 comparisons are meaningless, so the checks are loosened.
+    loose = Tolerances(int8_max_f1_drop=1.0, fp16_max_f1_drop=1.0, fp16_max_logit_diff=1e9)
+    export(tiny, out / "bundle", variants=("fp32", "int8"), tolerances=loose)
+    return out / "bundle"
 
 
 def cpu_peak_gflops() -> tuple[float, str]:
@@ -307,82 +348,99 @@ def main() -> None:
     parser.add_argument("--max-batch-tokens", type=int, default=4096)
     parser.add_argument("--corpus")
     parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument(
+        "--scaling-only", action="store_true", help="Only the --scaling/--tiny-scaling tables"
+    )
     parser.add_argument("--scaling", default="", help="MB sizes with the real bundle, e.g. 5,20")
-    parser.add_argument("--tiny-bundle", help="A tiny random bundle for --tiny-scaling")
+    parser.add_argument(
+        "--tiny-bundle",
+        help="A tiny random bundle for --tiny-scaling; `auto` builds one from --checkpoint's "
+        "tokenizer and labels",
+    )
     parser.add_argument("--tiny-scaling", default="", help="MB sizes with the tiny bundle")
     args = parser.parse_args()
 
     if args.worker:
         result = WORKERS[args.worker](args)
+        result["peak_rss_mb"] = own_peak_rss_mb()
         Path(args.result).write_text(json.dumps(result))
         return
 
     data = Path(args.data)
-    tokens = count_tokens(args.bundle, data)
-    rows = []
+    if args.tiny_bundle == "auto" and args.tiny_scaling:
+        args.tiny_bundle = str(build_tiny_bundle(args.checkpoint, Path(tempfile.mkdtemp())))
     common = {
         "bundle": args.bundle,
         "data": args.data,
         "threads": args.threads,
         "device": args.device,
     }
-    if not args.skip_pipeline:
+    if not args.scaling_only:
+        tokens = count_tokens(args.bundle, data)
+        rows = []
+        if not args.skip_pipeline:
+            rows.append(
+                (
+                    "HF pipeline, PyTorch fp32 (baseline)",
+                    spawn("pipeline", checkpoint=args.checkpoint, data=args.data),
+                )
+            )
+        rows.append(
+            ("nerbatch annotate, int8 (default)", spawn("annotate", variant="auto", **common))
+        )
+        for streams in (1, 2):
+            rows.append(
+                (
+                    f"nerbatch annotate, int8, --streams {streams}",
+                    spawn("annotate", variant="auto", streams=streams, **common),
+                )
+            )
+        rows.append(("nerbatch annotate, fp32", spawn("annotate", variant="fp32", **common)))
+        if args.engine == "ray":
+            rows.append(
+                (
+                    f"nerbatch annotate --engine ray, int8, {args.num_workers} workers",
+                    spawn(
+                        "annotate",
+                        variant="auto",
+                        engine="ray",
+                        num_workers=args.num_workers,
+                        **common,
+                    ),
+                )
+            )
         rows.append(
             (
-                "HF pipeline, PyTorch fp32 (baseline)",
-                spawn("pipeline", checkpoint=args.checkpoint, data=args.data),
+                "bare ORT int8 loop, model time only",
+                spawn("bare", variant="int8", batch_size=32, **common),
             )
         )
-    rows.append(("nerbatch annotate, int8 (default)", spawn("annotate", variant="auto", **common)))
-    for streams in (1, 2):
-        rows.append(
-            (
-                f"nerbatch annotate, int8, --streams {streams}",
-                spawn("annotate", variant="auto", streams=streams, **common),
-            )
-        )
-    rows.append(("nerbatch annotate, fp32", spawn("annotate", variant="fp32", **common)))
-    if args.engine == "ray":
-        rows.append(
-            (
-                f"nerbatch annotate --engine ray, int8, {args.num_workers} workers",
-                spawn(
-                    "annotate", variant="auto", engine="ray", num_workers=args.num_workers, **common
-                ),
-            )
-        )
-    rows.append(
-        (
-            "bare ORT int8 loop, model time only",
-            spawn("bare", variant="int8", batch_size=32, **common),
-        )
-    )
-    base = rows[0][1]["seconds"] if not args.skip_pipeline else None
-    peak, peak_how = cpu_peak_gflops()
-    print(
-        f"\nCoNLL-2003 test, {rows[0][1]['documents']} sentences as documents, {tokens} "
-        f"sub-word tokens; {os.cpu_count()} CPU cores"
-    )
-    print("| system | docs/s | tokens/s | x baseline | load s | peak RSS MB | F1 |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, r in rows:
-        ratio = f"{base / r['seconds']:.2f}" if base else "-"
-        f1 = f"{100 * r['f1']:.2f}" if "f1" in r else "-"
-        load = f"{r['wall'] - r['seconds']:.1f}" if "wall" in r else "-"
+        base = rows[0][1]["seconds"] if not args.skip_pipeline else None
+        peak, peak_how = cpu_peak_gflops()
         print(
-            f"| {name} | {r['documents'] / r['seconds']:,.0f} | {tokens / r['seconds']:,.0f} | "
-            f"{ratio} | {load} | {r['peak_rss_mb']:,.0f} | {f1} |"
+            f"\nCoNLL-2003 test, {rows[0][1]['documents']} sentences as documents, {tokens} "
+            f"sub-word tokens; {os.cpu_count()} CPU cores"
         )
-    seq = tokens / rows[0][1]["documents"] + 2
-    per_token = flops_per_token(args.bundle, seq)
-    default = rows[1 if base else 0][1]
-    achieved = tokens / default["seconds"] * per_token / 1e9
-    print(
-        f"\nefficiency: {tokens / default['seconds']:,.0f} tokens/s x {per_token / 1e6:.1f} "
-        f"MFLOP/token (2 x MatMul weights + attention at {seq:.0f} tokens) = "
-        f"{achieved:.1f} GFLOP/s of a {peak:.0f} GFLOP/s fp32 peak ({peak_how}): "
-        f"{100 * achieved / peak:.1f}%"
-    )
+        print("| system | docs/s | tokens/s | x baseline | load s | peak RSS MB | F1 |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for name, r in rows:
+            ratio = f"{base / r['seconds']:.2f}" if base else "-"
+            f1 = f"{100 * r['f1']:.2f}" if "f1" in r else "-"
+            load = f"{r['wall'] - r['seconds']:.1f}" if "wall" in r else "-"
+            print(
+                f"| {name} | {r['documents'] / r['seconds']:,.0f} | {tokens / r['seconds']:,.0f} | "
+                f"{ratio} | {load} | {r['peak_rss_mb']:,.0f} | {f1} |"
+            )
+        seq = tokens / rows[0][1]["documents"] + 2
+        per_token = flops_per_token(args.bundle, seq)
+        default = rows[1 if base else 0][1]
+        achieved = tokens / default["seconds"] * per_token / 1e9
+        print(
+            f"\nefficiency: {tokens / default['seconds']:,.0f} tokens/s x {per_token / 1e6:.1f} "
+            f"MFLOP/token (2 x MatMul weights + attention at {seq:.0f} tokens) = "
+            f"{achieved:.1f} GFLOP/s of a {peak:.0f} GFLOP/s fp32 peak ({peak_how}): "
+            f"{100 * achieved / peak:.1f}%"
+        )
 
     for label, bundle, sizes in (
         ("real bundle", args.bundle, args.scaling),
