@@ -248,8 +248,16 @@ def train_cli(
     help="Keep variants outside tolerance, with a warning, instead of failing.",
 )
 @click.option("--max-dev-sentences", type=int, help="Check on at most N dev sentences.")
+@click.option(
+    "--int8-ops",
+    type=click.Choice(["matmul", "matmul+attention"]),
+    default="matmul",
+    show_default=True,
+    help="What int8 quantizes: matmul+attention also does the attention's Q/K/V projections, "
+    "about 20% faster on AVX2 CPUs for about 0.25 F1 (docs/int8.md).",
+)
 def export_cli(
-    checkpoint, out, dev, test, variants, stride, keep_failed, max_dev_sentences
+    checkpoint, out, dev, test, variants, stride, keep_failed, max_dev_sentences, int8_ops
 ) -> None:
     """Convert a checkpoint into an ONNX model bundle (fp32, int8, fp16), each checked.
 
@@ -274,6 +282,7 @@ def export_cli(
         keep_failed=keep_failed,
         max_dev_sentences=max_dev_sentences,
         silent=False,
+        int8_ops=int8_ops,
     )
     for name, v in bundle["variants"].items():
         f1 = f", dev F1 {100 * v['dev_f1']:.2f}" if "dev_f1" in v else ""

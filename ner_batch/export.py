@@ -46,6 +46,13 @@ FALLBACK_SENTENCES = [
 ]
 
 
+# What the int8 variant quantizes (dynamic, per-channel int8 weights). Measured on the 8-epoch
+# MiniLM, CoNLL-2003 test F1 at batch sizes 1/8/32/64 (fp32 89.12) and model tokens/s on 2
+# AVX2 cores (docs/int8.md): "matmul" 88.96-89.01, ~6,700; "matmul+attention" 88.67-88.79,
+# ~8,300. 7-bit weights (reduce_range) made F1 swing with batch composition (88.57-89.04).
+INT8_OPS = {"matmul": ["MatMul"], "matmul+attention": ["MatMul", "Attention"]}
+
+
 @dataclass
 class Tolerances:
     fp32_max_logit_diff: float = 1e-3
@@ -65,13 +72,20 @@ def export(
     tolerances: Tolerances | None = None,
     max_dev_sentences: int | None = None,
     silent: bool = True,
+    int8_ops: str = "matmul",
 ) -> dict:
-    """Export, optimise, quantise, validate; write the bundle and return its bundle.json."""
+    """Export, optimise, quantise, validate; write the bundle and return its bundle.json.
+
+    `int8_ops`: what the int8 variant quantizes (INT8_OPS): "matmul" (default, the accurate
+    one) or "matmul+attention" (the fused attention's Q/K/V projections as well: about 20%
+    more tokens/s on AVX2 CPUs for about 0.25 test F1 on our MiniLM)."""
     import onnxruntime
     import torch
     import transformers
 
     tolerances = tolerances or Tolerances()
+    if int8_ops not in INT8_OPS:
+        raise NerbatchError(f"int8_ops must be one of {sorted(INT8_OPS)}, got {int8_ops!r}")
     checkpoint = Path(checkpoint)
     out = Path(out)
     model, encoder, meta = load_checkpoint(checkpoint)
@@ -103,7 +117,7 @@ def export(
     raw.unlink()
     if "int8" in variants:
         files["int8"] = staging / VARIANT_FILES["int8"]
-        _quantize(files["fp32"], files["int8"])
+        _quantize(files["fp32"], files["int8"], INT8_OPS[int8_ops])
     if "fp16" in variants:
         files["fp16"] = staging / VARIANT_FILES["fp16"]
         _to_fp16(files["fp32"], files["fp16"], export_model.config)
@@ -174,6 +188,8 @@ def export(
     shutil.copyfile(checkpoint / "tokenizer.json", tokenizer_file)
     for variant, file in files.items():
         results[variant]["sha256"] = sha256_of(file)
+    if "int8" in results:
+        results["int8"]["int8_ops"] = int8_ops
     name = out.name
     bundle = {
         "format_version": FORMAT_VERSION,
@@ -286,21 +302,21 @@ def _optimize(source: Path, target: Path, config) -> dict:
     return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
 
 
-def _quantize(source: Path, target: Path) -> None:
+def _quantize(source: Path, target: Path, op_types: list[str]) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Per-channel weights: per-tensor int8 cost 0.66 test F1 on our MiniLM, per-channel 0.04.
-    # Only the MatMuls (feed-forward, attention output, classifier): on the 8-epoch MiniLM,
-    # also quantizing the fused Attention (QAttention) or the embeddings each cost about 0.3
-    # test F1 (int8 88.68 vs fp32 89.12; MatMuls only: 88.98), for about 10% of the speed.
+    # By default only the MatMuls (feed-forward, attention output, classifier): on the 8-epoch
+    # MiniLM, also quantizing the fused Attention (QAttention) cost about 0.25 test F1 at any
+    # batch size, and the embeddings (Gather) another 0.3 for no speed (see INT8_OPS).
     # The fused graph has com.microsoft ops that ONNX shape inference cannot type: say float.
     quantize_dynamic(
         str(source),
         str(target),
         per_channel=True,
         weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul"],
+        op_types_to_quantize=op_types,
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
 

@@ -3,6 +3,7 @@ documents, and agreement of the ONNX variants with the PyTorch checkpoint."""
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import tempfile
@@ -355,6 +356,42 @@ def test_reduced_precision_argmax_mostly_agrees(bundle, checkpoint, variant):
     bundle.verify(variant)
     got = onnx_logits_fn(bundle.session(variant, threads=1))(*inputs).argmax(-1)[mask]
     assert (got == expected).mean() >= 0.9
+
+
+def test_int8_ops_choose_what_is_quantized(tiny_bundle, tiny_checkpoint, tiny_conll, tmp_path):
+    """Default int8 keeps the fused attention in float (QAttention cost 0.25 test F1 on the
+    real model); `--int8-ops matmul+attention` quantizes it too. Both say so in bundle.json."""
+    import onnx
+    from click.testing import CliRunner
+
+    from ner_batch.cli import cli
+
+    def int8_ops_of(bundle_dir):
+        meta = json.loads((bundle_dir / "bundle.json").read_text())
+        graph = onnx.load(bundle_dir / meta["variants"]["int8"]["file"]).graph
+        return meta["variants"]["int8"]["int8_ops"], {n.op_type for n in graph.node}
+
+    ops, nodes = int8_ops_of(tiny_bundle)
+    assert ops == "matmul" and "Attention" in nodes and "QAttention" not in nodes
+    assert "MatMulInteger" in nodes or "DynamicQuantizeMatMul" in nodes
+
+    out = tmp_path / "fast"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "export", str(tiny_checkpoint), "--out", str(out), "--dev", str(tiny_conll),
+            "--variants", "int8", "--int8-ops", "matmul+attention", "--keep-failed",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ops, nodes = int8_ops_of(out)
+    assert ops == "matmul+attention" and "QAttention" in nodes and "Attention" not in nodes
+    tagger = load_bundle(out).tagger(variant="int8", threads=1)
+    text = "John Smith visited Paris ."
+    check_spans(text, tagger.tag([text])[0], tagger.labels.types)
+
+    bad = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--int8-ops", "all"])
+    assert bad.exit_code == 2 and "'all' is not one of" in bad.output
 
 
 def test_onnx_tagger_matches_pytorch_tagger(bundle, checkpoint, onnx_tagger):
