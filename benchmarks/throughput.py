@@ -9,11 +9,15 @@ the same run. F1 is seqeval against the gold the texts came from.
 
     python benchmarks/throughput.py --checkpoint runs/minilm --bundle export/minilm \
         --data ../shared/data/conll2003
-    python benchmarks/throughput.py ... --scaling 1,5,20 [--tiny-bundle DIR --tiny-scaling 50,1000]
+    python benchmarks/throughput.py ... --fast-bundle DIR   # + a row for another bundle's int8
     python benchmarks/throughput.py ... --engine ray --num-workers 2   # + a Ray engine row
+    python benchmarks/throughput.py ... --scaling-only --scaling 5,20,50 \
+        --tiny-bundle auto --tiny-scaling 50,1000   # memory and scaling only
 
 `--scaling` sizes (MB of JSONL generated from CoNLL train text: many documents of mixed length,
-some very long) run annotate with the real bundle and report tokens/s and peak RSS per size.
+some very long) run annotate with the real bundle and report tokens/s and peak RSS per size;
+`--tiny-scaling` does the same with a random 2-layer, 32-wide network (`--tiny-bundle auto`
+builds one with --checkpoint's tokenizer and labels), so reading, tokenising and writing dominate.
 `--engine ray` adds a row for `annotate --engine ray` on a local Ray cluster that the row starts
 (its time includes starting the actors, not the cluster; its peak RSS is the driver's alone, not
 the Ray workers').
@@ -347,6 +351,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-batch-tokens", type=int, default=4096)
     parser.add_argument("--corpus")
+    parser.add_argument(
+        "--fast-bundle",
+        help="Add a row for this bundle's int8 (e.g. one exported with --int8-ops "
+        "matmul+attention from the same checkpoint)",
+    )
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument(
         "--scaling-only", action="store_true", help="Only the --scaling/--tiny-scaling tables"
@@ -388,11 +397,17 @@ def main() -> None:
         rows.append(
             ("nerbatch annotate, int8 (default)", spawn("annotate", variant="auto", **common))
         )
-        for streams in (1, 2):
+        rows.append(
+            (
+                "nerbatch annotate, int8, --streams 2",
+                spawn("annotate", variant="auto", streams=2, **common),
+            )
+        )
+        if args.fast_bundle:
             rows.append(
                 (
-                    f"nerbatch annotate, int8, --streams {streams}",
-                    spawn("annotate", variant="auto", streams=streams, **common),
+                    "nerbatch annotate, int8 of `export --int8-ops matmul+attention`",
+                    spawn("annotate", variant="int8", **{**common, "bundle": args.fast_bundle}),
                 )
             )
         rows.append(("nerbatch annotate, fp32", spawn("annotate", variant="fp32", **common)))
