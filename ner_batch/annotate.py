@@ -68,7 +68,9 @@ class AnnotateConfig:
     streams: int = 1  # batches run at once, each on threads / streams cores
     read: ReadOptions = field(default_factory=ReadOptions)
     chunk_docs: int = 2048  # documents tokenised and tagged together (sorted by length)
-    chunk_chars: int = 2_000_000  # ... or fewer, when they are long
+    # ... or fewer, when they are long: 0.5 MB of text (about 115k sub-tokens) is plenty to sort
+    # into full batches; 2 MB peaked 45% higher (tiny model, 5 MB corpus: 527 vs 366 MB).
+    chunk_chars: int = 500_000
     part_docs: int = 20_000  # documents per committed part (the most work a crash redoes)
     overwrite: bool = False
     engine: str = "local"  # "local" (this module) or "ray" (ray_engine.py)
@@ -333,6 +335,26 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
     return summary
 
 
+_MALLOC_TRIM: list = []
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS (glibc's malloc_trim), once per chunk.
+
+    Tokenizer and inference threads allocate in their own malloc arenas, which fragment: without
+    this, peak RSS crept up with corpus size (tiny model: 527 MB on 5 MB, 581 MB on 20 MB; with
+    it 524 and 536). A no-op where the C library has no malloc_trim (macOS, musl)."""
+    if not _MALLOC_TRIM:
+        try:
+            import ctypes
+
+            _MALLOC_TRIM.append(ctypes.CDLL("libc.so.6").malloc_trim)
+        except (OSError, AttributeError):
+            _MALLOC_TRIM.append(None)
+    if _MALLOC_TRIM[0] is not None:
+        _MALLOC_TRIM[0](0)
+
+
 def _is_within(path: str, out: OutputDir) -> bool:
     if out.local is None:
         return path == out.location or path.startswith(out.location + "/")
@@ -447,6 +469,7 @@ class _Run:
             self.pending = None
             self._write(chunk, *future.result())
             self.progress.update(len(chunk))
+            _trim_heap()
 
     def _abort_part(self) -> None:
         if self.part is not None:
