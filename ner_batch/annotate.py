@@ -69,7 +69,7 @@ class AnnotateConfig:
     read: ReadOptions = field(default_factory=ReadOptions)
     chunk_docs: int = 2048  # documents tokenised and tagged together (sorted by length)
     # ... or fewer, when they are long: 0.5 MB of text (about 115k sub-tokens) is plenty to sort
-    # into full batches; 2 MB peaked 45% higher (tiny model, 5 MB corpus: 527 vs 366 MB).
+    # into full batches; 2 MB peaked 43% higher (tiny model, 5 MB corpus: 524 vs 366 MB).
     chunk_chars: int = 500_000
     part_docs: int = 20_000  # documents per committed part (the most work a crash redoes)
     overwrite: bool = False
@@ -342,8 +342,8 @@ def _trim_heap() -> None:
     """Give freed heap pages back to the OS (glibc's malloc_trim), once per chunk.
 
     Tokenizer and inference threads allocate in their own malloc arenas, which fragment: without
-    this, peak RSS crept up with corpus size (tiny model: 527 MB on 5 MB, 581 MB on 20 MB; with
-    it 524 and 536). A no-op where the C library has no malloc_trim (macOS, musl)."""
+    this, peak RSS crept up with corpus size (tiny model, 2 MB chunks: 527 MB on 5 MB, 581 MB on
+    20 MB; with it 524 and 536). A no-op where the C library has no malloc_trim (macOS, musl)."""
     if not _MALLOC_TRIM:
         try:
             import ctypes
