@@ -277,9 +277,13 @@ def build_tiny_bundle(checkpoint: str, out: Path) -> Path:
             shutil.copy(source / name, tiny / name)
     config = AutoConfig.from_pretrained(source)
     config.update(
-        {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2},
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+        }
     )
-    config.intermediate_size = 64
     AutoModelForTokenClassification.from_config(config).save_pretrained(tiny)
     # Random weights: variant F1 comparisons are meaningless, so the checks are loosened.
     loose = Tolerances(int8_max_f1_drop=1.0, fp16_max_f1_drop=1.0, fp16_max_logit_diff=1e9)

@@ -10,6 +10,7 @@ many documents of it are done. Every document is either annotated (zero or more 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -335,7 +336,15 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
     return summary
 
 
-_MALLOC_TRIM: list = []
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _trim_heap() -> None:
@@ -343,16 +352,10 @@ def _trim_heap() -> None:
 
     Tokenizer and inference threads allocate in their own malloc arenas, which fragment: without
     this, peak RSS crept up with corpus size (tiny model, 2 MB chunks: 527 MB on 5 MB, 581 MB on
-    20 MB; with it 524 and 536). A no-op where the C library has no malloc_trim (macOS, musl)."""
-    if not _MALLOC_TRIM:
-        try:
-            import ctypes
-
-            _MALLOC_TRIM.append(ctypes.CDLL("libc.so.6").malloc_trim)
-        except (OSError, AttributeError):
-            _MALLOC_TRIM.append(None)
-    if _MALLOC_TRIM[0] is not None:
-        _MALLOC_TRIM[0](0)
+    20 MB; with it 524 and 536). A no-op without glibc."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _is_within(path: str, out: OutputDir) -> bool:
