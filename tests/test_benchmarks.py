@@ -1,0 +1,66 @@
+"""benchmarks/throughput.py end to end on a tiny model, so the script that measures the
+throughput targets keeps running: every row's worker, the rounds and medians, the scaling table."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "throughput.py"
+
+
+def test_throughput_table_on_a_tiny_model(tmp_path, tiny_checkpoint, tiny_bundle, tiny_conll):
+    data = tmp_path / "conll"
+    data.mkdir()
+    for split in ("train", "test"):  # test: the timed texts; train: the scaling corpora's source
+        shutil.copy(tiny_conll, data / f"{split}.txt")
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--bundle",
+            str(tiny_bundle),
+            "--data",
+            str(data),
+            "--repeat",
+            "2",
+            "--scaling",
+            "0.02",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    rows = {
+        line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[2:-1]]
+        for line in out.splitlines()
+        if line.startswith("| ") and not line.startswith("| ---")
+    }
+    names = [
+        "HF pipeline, PyTorch fp32 (baseline)",
+        "nerbatch annotate, int8 (default)",
+        "nerbatch annotate, int8, --streams 2",
+        "nerbatch annotate, fp32",
+        "bare ORT int8 loop, model time only",
+    ]
+    for name in names:
+        assert name in rows, out
+        docs_s, tokens_s, spread, ratio, _load, rss, _f1 = rows[name]
+        slowest, fastest = (float(x.replace(",", "")) for x in spread.split("-"))
+        assert 0 < slowest <= float(tokens_s.replace(",", "")) <= fastest
+        assert float(rss.replace(",", "")) > 0
+    assert rows[names[0]][3] == "1.00"
+    # Each system ran twice, in rounds.
+    assert len(re.findall(r"^round [12]/2: ", out, re.M)) == 2 * len(names)
+    # The pipeline and annotate fp32 score the same model: F1 is a number for both.
+    assert float(rows[names[0]][6]) >= 0 and float(rows[names[3]][6]) >= 0
+    assert "efficiency:" in out
+    scaling = rows["0.02"]
+    assert int(scaling[0].replace(",", "")) > 0 and float(scaling[3].replace(",", "")) > 0
