@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
@@ -282,6 +283,7 @@ def spacy_row(python: str, model: str, data: Path) -> dict:
         for doc in result.pop("spans")
     ]
     result["f1"] = f1_of(sentences, spans)
+    result["name"] = f"{result['version']}, NER only, {result['setting']} (F1: mapped labels)"
     return result
 
 
@@ -485,7 +487,8 @@ def main() -> None:
 
     data = Path(args.data)
     if args.tiny_bundle == "auto" and args.tiny_scaling:
-        args.tiny_bundle = str(build_tiny_bundle(args.checkpoint, Path(tempfile.mkdtemp())))
+        tiny_dir = tempfile.TemporaryDirectory()  # removed when the driver exits
+        args.tiny_bundle = str(build_tiny_bundle(args.checkpoint, Path(tiny_dir.name)))
     common = {
         "bundle": args.bundle,
         "data": args.data,
@@ -496,8 +499,8 @@ def main() -> None:
         tokens = count_tokens(args.bundle, data)
         # The default variant: int8 on CPU, fp16 on CUDA.
         fast = "fp16" if args.device == "cuda" else "int8"
-        # (name, run): the name may depend on the result (the spaCy row's version and setting)
-        systems: list[tuple] = []
+        # (name, run); a result's own "name" (the spaCy row: version and setting) takes precedence
+        systems: list[tuple[str, Callable[[], dict]]] = []
         if not args.skip_pipeline:
             systems.append(
                 (
@@ -543,12 +546,7 @@ def main() -> None:
                 )
             )
         if args.spacy_python:
-            systems.append(
-                (
-                    lambda r: f"{r['version']}, NER only, {r['setting']} (F1: mapped labels)",
-                    lambda: spacy_row(args.spacy_python, args.spacy_model, data),
-                )
-            )
+            systems.append(("spaCy", lambda: spacy_row(args.spacy_python, args.spacy_model, data)))
         systems.append(
             (
                 f"bare ORT {fast} loop, model time only",
@@ -561,7 +559,7 @@ def main() -> None:
         for round_ in range(1, args.repeat + 1):
             for (name, run), done in zip(systems, results, strict=True):
                 done.append(run())
-                label = name if isinstance(name, str) else name(done[-1])
+                label = done[-1].get("name", name)
                 print(
                     f"round {round_}/{args.repeat}: {label}: "
                     f"{tokens / done[-1]['seconds']:,.0f} tokens/s",
@@ -573,7 +571,7 @@ def main() -> None:
             r = ordered[len(ordered) // 2]
             r["slowest"], r["fastest"] = ordered[-1]["seconds"], ordered[0]["seconds"]
             r["peak_rss_mb"] = max(x["peak_rss_mb"] for x in done)
-            rows.append((name if isinstance(name, str) else name(r), r))
+            rows.append((r.get("name", name), r))
         base = rows[0][1]["seconds"] if not args.skip_pipeline else None
         peak, peak_how = cpu_peak_gflops()
         print(
