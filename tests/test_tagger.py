@@ -392,6 +392,11 @@ def test_int8_ops_choose_what_is_quantized(tiny_bundle, tiny_checkpoint, tiny_co
 
     bad = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--int8-ops", "all"])
     assert bad.exit_code == 2 and "'all' is not one of" in bad.output
+    # The CLI lists the recipes itself (importing export would load torch into every command).
+    from ner_batch.export import INT8_OPS
+
+    option = next(p for p in cli.commands["export"].params if p.name == "int8_ops")
+    assert set(option.type.choices) == set(INT8_OPS)
 
 
 def test_onnx_tagger_matches_pytorch_tagger(bundle, checkpoint, onnx_tagger):
