@@ -16,17 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .choices import DEFAULT_VARIANT, DEVICES, VARIANTS
 from .errors import BundleError, NerbatchError
 from .features import TextEncoder
 from .storage import Remote, copy_to_local, is_uri, local_path, open_remote
-from .tagger import Tagger, default_stride
+from .tagger import Tagger, TaggerOptions, default_stride
 
 BUNDLE_FILE = "bundle.json"
 FORMAT_VERSION = 1
-VARIANTS = ("fp32", "int8", "fp16")
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
-DEVICES = ("cpu", "cuda")
-DEFAULT_VARIANT = {"cpu": "int8", "cuda": "fp16"}
 
 
 def sha256_of(path: str | Path) -> str:
@@ -146,36 +143,29 @@ class Bundle:
         self,
         variant: str = "auto",
         device: str = "cpu",
-        batch_size: int = 32,
+        *,
         max_length: int | None = None,
         stride: int | None = None,
         threads: int = 0,
-        max_batch_tokens: int = 8192,
-        segment: str = "lines",
-        streams: int = 1,
+        options: TaggerOptions | None = None,
     ) -> Tagger:
-        """A Tagger on one ONNX Runtime session. `threads` is the total (0: every core);
-        `streams` > 1 runs that many batches at once, each on threads / streams of them."""
+        """A Tagger on one ONNX Runtime session. `threads` is the total (0: every core); with
+        `options.streams` > 1 each of the concurrent batches runs on threads / streams of them."""
+        options = options or TaggerOptions()
         variant = self.resolve_variant(variant, device)
         self.verify(variant)
         encoder = self.encoder()
-        if streams < 1:
-            raise NerbatchError(f"streams must be >= 1, got {streams}")
+        try:
+            options.check()
+        except ValueError as e:
+            raise NerbatchError(str(e)) from e
         total = threads or os.cpu_count() or 1
-        per_run = threads if streams == 1 else max(1, total // streams)
+        per_run = threads if options.streams == 1 else max(1, total // options.streams)
         session = self.session(variant, device, per_run)
         max_length, stride = self.window(max_length, stride)
         try:
             return Tagger(
-                encoder,
-                self.labels,
-                onnx_logits_fn(session),
-                max_length,
-                stride,
-                batch_size,
-                max_batch_tokens,
-                segment,
-                streams,
+                encoder, self.labels, onnx_logits_fn(session), max_length, stride, options
             )
         except ValueError as e:  # a max_length / stride the user chose: one Error: line
             raise NerbatchError(str(e)) from e

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .choices import SEGMENTS
 from .conll import split_tag
 from .features import Encoded, TextEncoder, best_window, extend_over_marks, windows
 
@@ -62,10 +63,29 @@ def default_stride(max_length: int) -> int:
     return max_length // 4
 
 
-# How many line breaks between two sub-tokens end a segment: context never crosses a segment
-# boundary. "lines": every line is tagged on its own (headlines, list items, table rows, and one
-# sentence per line as in CoNLL); "paragraphs": blank lines separate; "none": whole documents.
-SEGMENTS = {"lines": 1, "paragraphs": 2, "none": 0}
+@dataclass(frozen=True)
+class TaggerOptions:
+    """How a Tagger batches and segments: the one set of defaults for annotate, score and export.
+
+    `batch_size` windows per batch, also capped at `max_batch_tokens` padded positions (measured:
+    32 beats 8 and 128 for int8 MiniLM on 2 cores); `segment` is a key of `choices.SEGMENTS`;
+    `streams` > 1 runs that many batches at once from a thread pool (the LogitsFn must then be
+    thread-safe, as an ONNX Runtime session is)."""
+
+    batch_size: int = 32
+    max_batch_tokens: int = 4096
+    segment: str = "lines"
+    streams: int = 1
+
+    def check(self) -> None:
+        """Raise ValueError naming the first option out of range."""
+        if self.segment not in SEGMENTS:
+            raise ValueError(
+                f"unknown segment mode {self.segment!r}; expected one of {list(SEGMENTS)}"
+            )
+        for name in ("batch_size", "max_batch_tokens", "streams"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 class Tagger:
@@ -78,16 +98,13 @@ class Tagger:
         logits_fn: LogitsFn,
         max_length: int = 128,
         stride: int = 32,
-        batch_size: int = 32,
-        max_batch_tokens: int = 8192,
-        segment: str = "lines",
-        streams: int = 1,
+        options: TaggerOptions | None = None,
     ):
-        """`streams` > 1 runs that many batches at once from a thread pool (the LogitsFn must
-        be thread-safe, as an ONNX Runtime session is); softmax and decoding overlap them."""
-        if segment not in SEGMENTS:
-            raise ValueError(f"unknown segment mode {segment!r}; expected one of {list(SEGMENTS)}")
-        self.min_newlines = SEGMENTS[segment]
+        """Windows of `max_length` sub-tokens (specials included) overlapping by `stride`."""
+        options = options or TaggerOptions()
+        options.check()
+        self.options = options
+        self.min_newlines = SEGMENTS[options.segment]
         self.encoder = encoder
         self.labels = LabelSet(labels)
         self.logits_fn = logits_fn
@@ -100,11 +117,9 @@ class Tagger:
                 f"sub-tokens at max_length {max_length})"
             )
         self.stride = stride
-        self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
-        if streams < 1:
-            raise ValueError(f"streams must be >= 1, got {streams}")
-        self.streams = streams
+        self.batch_size = options.batch_size
+        self.max_batch_tokens = options.max_batch_tokens
+        self.streams = options.streams
         self._pool = None
 
     def predict(self, encoded: Sequence[Encoded]) -> list[Prediction]:

@@ -24,7 +24,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from ner_batch.bundle import load_bundle, onnx_logits_fn
 from ner_batch.errors import NerbatchError
 from ner_batch.features import windows
-from ner_batch.tagger import Tagger
+from ner_batch.tagger import Tagger, TaggerOptions
 
 # Pieces of hostile text: runs of whitespace of every kind, accents precomposed and combining,
 # marks with no base, emoji sequences, CJK, right-to-left scripts, controls, NUL, BOM.
@@ -310,7 +310,7 @@ def test_megabyte_document(bundle):
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_checkpoint):
-    from ner_batch.train import load_checkpoint
+    from ner_batch.checkpoint import load_checkpoint
 
     return load_checkpoint(tiny_checkpoint)
 
@@ -332,7 +332,7 @@ def random_batch(encoder, rng, batch: int, seq: int):
 
 @pytest.mark.parametrize(("batch", "seq"), [(1, 3), (1, 32), (3, 17), (8, 9), (5, 64)])
 def test_onnx_fp32_matches_pytorch(bundle, checkpoint, batch, seq):
-    from ner_batch.train import torch_logits_fn
+    from ner_batch.checkpoint import torch_logits_fn
 
     model, encoder, _ = checkpoint
     rng = np.random.default_rng(batch * 100 + seq)
@@ -346,7 +346,7 @@ def test_onnx_fp32_matches_pytorch(bundle, checkpoint, batch, seq):
 
 @pytest.mark.parametrize("variant", ["int8", "fp16"])
 def test_reduced_precision_argmax_mostly_agrees(bundle, checkpoint, variant):
-    from ner_batch.train import torch_logits_fn
+    from ner_batch.checkpoint import torch_logits_fn
 
     model, encoder, _ = checkpoint
     rng = np.random.default_rng(7)
@@ -393,14 +393,14 @@ def test_int8_ops_choose_what_is_quantized(tiny_bundle, tiny_checkpoint, tiny_co
     bad = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--int8-ops", "all"])
     assert bad.exit_code == 2 and "'all' is not one of" in bad.output
     # The CLI lists the recipes itself (importing export would load torch into every command).
-    from ner_batch.export import INT8_OPS
+    from ner_batch.choices import INT8_OPS
 
     option = next(p for p in cli.commands["export"].params if p.name == "int8_ops")
     assert set(option.type.choices) == set(INT8_OPS)
 
 
 def test_onnx_tagger_matches_pytorch_tagger(bundle, checkpoint, onnx_tagger):
-    from ner_batch.train import torch_logits_fn
+    from ner_batch.checkpoint import torch_logits_fn
 
     model, encoder, meta = checkpoint
     torch_tagger = Tagger(encoder, meta["labels"], torch_logits_fn(model), 16, 4)
@@ -423,7 +423,7 @@ def test_onnx_tagger_matches_pytorch_tagger(bundle, checkpoint, onnx_tagger):
 )
 def test_windows_stop_at_segment_boundaries(tiny_bundle, segment, expected):
     bundle = load_bundle(tiny_bundle)
-    tagger = bundle.tagger(variant="fp32", segment=segment)
+    tagger = bundle.tagger(variant="fp32", options=TaggerOptions(segment=segment))
     encoded = tagger.encoder.encode("john smith\nmary paris\n\nberlin")
     assert len(encoded) == 5
     assert tagger._windows(encoded) == expected
@@ -434,7 +434,12 @@ def test_an_entity_never_crosses_a_segment_boundary(tiny_bundle, segment, n_span
     bundle = load_bundle(tiny_bundle)
     labels = bundle.labels
     tagger = Tagger(
-        bundle.encoder(), labels, constant_logits_fn(labels, "I-PER"), 32, 8, segment=segment
+        bundle.encoder(),
+        labels,
+        constant_logits_fn(labels, "I-PER"),
+        32,
+        8,
+        TaggerOptions(segment=segment),
     )
     text = "John Smith\nMary Jones"
     spans = tagger.tag([text])[0]
@@ -461,9 +466,13 @@ def test_streams_give_the_same_spans_as_one_at_a_time(bundle):
     rng = random.Random(5)
     words = ["John", "Smith", "visited", "Paris", "and", "Berlin", "for", "Acme", "Corp", "."]
     texts = [" ".join(rng.choices(words, k=rng.randint(1, 60))) for _ in range(200)]
-    one = bundle.tagger("fp32", threads=1, batch_size=4, max_length=24, stride=4)
-    many = bundle.tagger("fp32", threads=2, batch_size=4, max_length=24, stride=4, streams=3)
+    one = bundle.tagger(
+        "fp32", threads=1, max_length=24, stride=4, options=TaggerOptions(batch_size=4)
+    )
+    many = bundle.tagger(
+        "fp32", threads=2, max_length=24, stride=4, options=TaggerOptions(batch_size=4, streams=3)
+    )
     assert many.streams == 3
     assert many.tag(texts) == one.tag(texts)
     with pytest.raises(NerbatchError, match="streams must be >= 1"):
-        bundle.tagger("fp32", streams=0)
+        bundle.tagger("fp32", options=TaggerOptions(streams=0))
