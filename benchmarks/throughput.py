@@ -56,9 +56,9 @@ def gold_sentences(data: Path):
 
 
 def f1_of(sentences, spans_per_text) -> float:
+    from ner_batch.conll import token_offsets
     from ner_batch.score import seqeval_report
     from ner_batch.tagger import token_tags
-    from ner_batch.train import token_offsets
 
     predicted = []
     for sentence, spans in zip(sentences, spans_per_text, strict=True):

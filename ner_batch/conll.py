@@ -2,7 +2,9 @@
 
 Reads any column layout (token and tag columns are configurable), keeps `-DOCSTART-` document
 boundaries, and normalises IOB1 / IOB2 / BIOES (and BILOU) tags to IOB2, the scheme every other
-stage uses. The tag set comes from the data. It does not tokenise raw text: that is `features.py`.
+stage uses. The tag set comes from the data. `token_offsets` gives the text every stage builds from
+gold tokens (joined by single spaces) and where each token sits in it. It does not tokenise raw
+text: that is `features.py`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from .errors import DataFormatError, SchemeError
 
@@ -35,6 +39,14 @@ class Sentence:
 class Document:
     doc_id: str
     sentences: list[Sentence] = field(default_factory=list)
+
+
+def token_offsets(tokens: list[str]) -> tuple[str, np.ndarray, np.ndarray]:
+    """The text of pre-split tokens joined by single spaces, and each token's [start, end)."""
+    lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+    starts = np.zeros(len(tokens), dtype=np.int64)  # (n_tokens,), also when there are none
+    starts[1:] = np.cumsum(lengths + 1)[:-1]
+    return " ".join(tokens), starts, starts + lengths
 
 
 def split_tag(tag: str) -> tuple[str, str]:
@@ -88,8 +100,9 @@ def to_iob2(tags: Sequence[str], scheme: str = "auto", strict: bool = False) -> 
         for i, (prefix, _) in enumerate(parsed):
             if prefix != OUTSIDE and prefix not in allowed:
                 raise SchemeError(
-                    f"token {i + 1}: prefix {prefix!r} is not part of {scheme.upper()} "
-                    f"(allowed: {sorted(allowed)} and 'O')"
+                    f"prefix {prefix!r} is not part of {scheme.upper()} "
+                    f"(allowed: {sorted(allowed)} and 'O')",
+                    token=i + 1,
                 )
     check_opening = strict and scheme != "iob1"
     check_closing = strict and scheme == "bioes"
@@ -103,15 +116,16 @@ def to_iob2(tags: Sequence[str], scheme: str = "auto", strict: bool = False) -> 
         continues = role in ("inside", "end") and prev_label == label
         if check_closing and prev_label and not continues:
             raise SchemeError(
-                f"token {i + 1}: {tags[i]!r} follows an unclosed {prev_label} chunk; "
-                f"expected I-{prev_label} or {end}-{prev_label}"
+                f"{tags[i]!r} follows an unclosed {prev_label} chunk; "
+                f"expected I-{prev_label} or {end}-{prev_label}",
+                token=i + 1,
             )
         if check_opening and role in ("inside", "end") and not continues:
             follows = f"a {prev_label} chunk" if prev_label else "O or the start"
             expected = f"B-{label} or {single}-{label}" if scheme == "bioes" else f"B-{label}"
             raise SchemeError(
-                f"token {i + 1}: {tags[i]!r} continues a chunk but follows {follows}; "
-                f"expected {expected}"
+                f"{tags[i]!r} continues a chunk but follows {follows}; expected {expected}",
+                token=i + 1,
             )
         if prefix == OUTSIDE:
             out.append(OUTSIDE)
@@ -121,8 +135,9 @@ def to_iob2(tags: Sequence[str], scheme: str = "auto", strict: bool = False) -> 
         prev_label = "" if role in ("end", "single") else label
     if check_closing and prev_label:
         raise SchemeError(
-            f"token {len(tags)}: {tags[-1]!r} ends the sentence inside a {prev_label} chunk; "
-            f"expected {end}-{prev_label}"
+            f"{tags[-1]!r} ends the sentence inside a {prev_label} chunk; "
+            f"expected {end}-{prev_label}",
+            token=len(tags),
         )
     return out
 
@@ -133,6 +148,37 @@ def _split_columns(line: str) -> list[str]:
     if "\t" in line:
         return [column.strip(" ") for column in line.split("\t")]
     return re.split(r" +", line)
+
+
+def _line_text(path: Path, number: int, line_bytes: bytes) -> str:
+    try:
+        line = line_bytes.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(
+            str(path), number, f"not valid UTF-8 (byte {e.start + 1}); expected UTF-8 text"
+        ) from None
+    # A byte-order mark (Windows editors) would glue itself to -DOCSTART- or a token.
+    return line.removeprefix("\ufeff") if number == 1 else line
+
+
+def _first_layout(
+    path: Path, number: int, columns: list[str], token_column: int, tag_column: int
+) -> tuple[int, int]:
+    """(columns, line) of the first token line, once its token and tag columns are checked:
+    every later token line must have as many columns."""
+    n_columns = len(columns)
+    for name, index in (("token", token_column), ("tag", tag_column)):
+        if not -n_columns <= index < n_columns:
+            raise DataFormatError(
+                str(path),
+                number,
+                f"{name} column {index} does not exist: the line has {n_columns} columns",
+            )
+    if n_columns < 2:
+        raise DataFormatError(
+            str(path), number, "expected at least 2 columns (token and tag), found 1"
+        )
+    return n_columns, number
 
 
 def read_conll(
@@ -155,8 +201,7 @@ def read_conll(
     documents: list[Document] = []
     document: Document | None = None
     sentence_lines: list[tuple[int, list[str]]] = []
-    n_columns: int | None = None
-    first_line = 0
+    layout: tuple[int, int] | None = None  # (columns, line) of the first token line
 
     def flush() -> None:
         nonlocal document
@@ -167,10 +212,9 @@ def read_conll(
         try:
             tags = to_iob2(raw_tags, scheme=scheme, strict=scheme != "auto")
         except SchemeError as e:
-            # Point at the exact line: the message starts with "token N: ".
-            match = re.match(r"token (\d+): (.*)", str(e))
-            line = sentence_lines[int(match.group(1)) - 1][0] if match else sentence_lines[0][0]
-            raise DataFormatError(str(path), line, match.group(2) if match else str(e)) from None
+            # Point at the exact line of the bad token (the first line when none is named).
+            line = sentence_lines[e.token - 1][0] if e.token else sentence_lines[0][0]
+            raise DataFormatError(str(path), line, e.detail) from None
         if document is None:
             document = Document(doc_id=f"{path.name}#doc{len(documents)}")
             documents.append(document)
@@ -178,15 +222,7 @@ def read_conll(
         sentence_lines.clear()
 
     for number, line_bytes in enumerate(raw.split(b"\n"), start=1):
-        try:
-            line = line_bytes.decode("utf-8").rstrip("\r\n")
-            if number == 1:
-                # A byte-order mark (Windows editors) would glue itself to -DOCSTART- or a token.
-                line = line.removeprefix("\ufeff")
-        except UnicodeDecodeError as e:
-            raise DataFormatError(
-                str(path), number, f"not valid UTF-8 (byte {e.start + 1}); expected UTF-8 text"
-            ) from None
+        line = _line_text(path, number, line_bytes)
         if not line.strip():
             flush()
             continue
@@ -196,25 +232,12 @@ def read_conll(
             document = Document(doc_id=f"{path.name}#doc{len(documents)}")
             documents.append(document)
             continue
-        if n_columns is None:
-            n_columns = len(columns)
-            first_line = number
-            for name, index in (("token", token_column), ("tag", tag_column)):
-                if not -n_columns <= index < n_columns:
-                    raise DataFormatError(
-                        str(path),
-                        number,
-                        f"{name} column {index} does not exist: the line has {n_columns} columns",
-                    )
-            if n_columns < 2:
-                raise DataFormatError(
-                    str(path), number, "expected at least 2 columns (token and tag), found 1"
-                )
-        elif len(columns) != n_columns:
+        layout = layout or _first_layout(path, number, columns, token_column, tag_column)
+        if len(columns) != layout[0]:
             raise DataFormatError(
                 str(path),
                 number,
-                f"expected {n_columns} columns like line {first_line}, found {len(columns)}",
+                f"expected {layout[0]} columns like line {layout[1]}, found {len(columns)}",
             )
         try:
             split_tag(columns[tag_column])

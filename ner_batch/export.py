@@ -8,6 +8,11 @@ fp32 (the fused graph), int8 (dynamic quantisation, per-channel weights), fp16 (
 Every variant is run against PyTorch on dev sentences: max |logit difference|, argmax agreement
 and dev F1 go into bundle.json, and a variant outside tolerance fails the export with one message
 listing every disagreement (unless `keep_failed`, which keeps it with a warning).
+
+`export` is three steps, each callable on its own: `build_variants` (the ONNX files),
+`validate_variants` (every problem at once, never an exception for a bad variant) and
+`write_bundle`. It does not train (`train.py`), read the checkpoint itself (`checkpoint.py`) or
+load bundles for annotation (`bundle.py`). Torch and transformers are imported inside functions.
 """
 
 from __future__ import annotations
@@ -22,18 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import (
-    BUNDLE_FILE,
-    DEFAULT_VARIANT,
-    FORMAT_VERSION,
-    VARIANT_FILES,
-    onnx_logits_fn,
-    sha256_of,
-)
-from .conll import read_conll, sentences_of
+from .bundle import BUNDLE_FILE, FORMAT_VERSION, onnx_logits_fn, sha256_of
+from .checkpoint import load_checkpoint, torch_logits_fn
+from .choices import DEFAULT_VARIANT, INT8_OPS, VARIANT_FILES
+from .conll import Document, read_conll, sentences_of, token_offsets
 from .errors import ExportError, NerbatchError
-from .tagger import Tagger, default_stride
-from .train import load_checkpoint, token_offsets, torch_logits_fn
+from .features import TextEncoder
+from .tagger import LogitsFn, Tagger, TaggerOptions, default_stride
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +44,8 @@ FALLBACK_SENTENCES = [
     "Shares of Apple Inc. rose 3 % in New York after Tim Cook spoke at the Moscone Center .",
     "Der Präsident Emmanuel Macron besuchte São Paulo und 東京 im Juni 2024 .",
 ]
-
-
-# What the int8 variant quantizes (dynamic, per-channel int8 weights). Measured on the 8-epoch
-# MiniLM, CoNLL-2003 test F1 at batch sizes 1/8/32/64 (fp32 89.12) and model tokens/s on 2
-# AVX2 cores (docs/int8.md): "matmul" 88.96-89.01, ~6,700; "matmul+attention" 88.67-88.79,
-# ~8,300. 7-bit weights (reduce_range) made F1 swing with batch composition (88.57-89.04).
-INT8_OPS = {"matmul": ["MatMul"], "matmul+attention": ["MatMul", "Attention"]}
+# (input_ids, attention_mask, token_type_ids), each (batch, seq) int64.
+Probe = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -59,6 +54,23 @@ class Tolerances:
     int8_max_f1_drop: float = 0.003  # 0.3 F1 points
     fp16_max_f1_drop: float = 0.003
     fp16_max_logit_diff: float = 0.05  # used when there are no dev sentences to score
+    fp32_min_argmax_agreement: float = 0.99  # within 1e-3 only near-ties can flip
+
+
+@dataclass
+class Validation:
+    """What `validate_variants` found: bundle.json's `variants` entries, every problem (one
+    line each, starting with the variant's name), and PyTorch's own dev and test F1."""
+
+    variants: dict[str, dict]
+    problems: list[str]
+    reference_dev_f1: float | None = None
+    reference_test_f1: float | None = None
+
+    def unusable(self) -> list[str]:
+        """Variants that could not be compared at all (they fail to run, or their logits have
+        the wrong shape): not even --keep-failed keeps them."""
+        return [v for v, entry in self.variants.items() if entry["max_abs_logit_diff"] is None]
 
 
 def export(
@@ -79,10 +91,6 @@ def export(
     `int8_ops`: what the int8 variant quantizes (INT8_OPS): "matmul" (default, the accurate
     one) or "matmul+attention" (the fused attention's Q/K/V projections as well: about 20%
     more tokens/s on AVX2 CPUs for about 0.25 test F1 on our MiniLM)."""
-    import onnxruntime
-    import torch
-    import transformers
-
     tolerances = tolerances or Tolerances()
     if int8_ops not in INT8_OPS:
         raise NerbatchError(f"int8_ops must be one of {sorted(INT8_OPS)}, got {int8_ops!r}")
@@ -92,18 +100,62 @@ def export(
     if "fp32" not in variants:
         raise NerbatchError("the fp32 variant is always exported (the others derive from it)")
     dev = dev or _existing(meta.get("config", {}).get("dev"))
-    dev_documents = read_conll(dev) if dev else None
-    if dev_documents and max_dev_sentences:
-        dev_documents = _first_sentences(dev_documents, max_dev_sentences)
-    if not dev:
-        log.warning("no dev data: variants are checked on logits of built-in sentences only")
+    dev_documents = _dev_documents(dev, max_dev_sentences)
 
     out.mkdir(parents=True, exist_ok=True)
     staging = out / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     started = time.monotonic()
+    files, fused = build_variants(checkpoint, staging, variants, int8_ops)
 
+    # Validation: the same tagger code over each backend.
+    max_length = meta["max_length"]
+    stride = default_stride(max_length) if stride is None else stride
+    validation = validate_variants(
+        files,
+        torch_logits_fn(model),
+        probe_batch(encoder, dev_documents),
+        encoder,
+        meta["labels"],
+        max_length,
+        stride,
+        dev_documents=dev_documents,
+        test_documents=read_conll(test) if test else None,
+        tolerances=tolerances,
+        silent=silent,
+    )
+    if validation.problems:
+        _fail_or_keep(validation, keep_failed, staging)
+    for variant, file in files.items():
+        validation.variants[variant]["sha256"] = sha256_of(file)
+    if "int8" in validation.variants:
+        validation.variants["int8"]["int8_ops"] = int8_ops
+    provenance = {
+        "dev_f1": validation.reference_dev_f1,
+        "test_f1": validation.reference_test_f1,
+        "dev": str(dev) if dev else None,
+        "test": str(test) if test else None,
+    }
+    return write_bundle(
+        out,
+        staging,
+        checkpoint,
+        meta,
+        validation.variants,
+        graph={"opset": 17, "fused_ops": fused, "inputs": INPUTS, "output": "logits"},
+        window=(max_length, stride),
+        vocab_size=int(model.config.vocab_size),
+        reference=provenance,
+        started=started,
+    )
+
+
+def build_variants(
+    checkpoint: Path, staging: Path, variants: tuple[str, ...], int8_ops: str = "matmul"
+) -> tuple[dict[str, Path], dict[str, int]]:
+    """Write the ONNX file of each variant into `staging`: fp32 always (the fused graph), int8
+    and fp16 when asked, both derived from it. Returns {variant: file} and the fusion counts."""
     # Eager attention traces to plain MatMul/Softmax, which ORT's optimizer fuses.
     from transformers import AutoModelForTokenClassification
 
@@ -121,79 +173,107 @@ def export(
     if "fp16" in variants:
         files["fp16"] = staging / VARIANT_FILES["fp16"]
         _to_fp16(files["fp32"], files["fp16"], export_model.config)
+    return files, fused
 
-    # Validation: the same tagger code over each backend.
-    max_length = meta["max_length"]
-    stride = default_stride(max_length) if stride is None else stride
-    reference = torch_logits_fn(model)
-    probe = _probe_batch(encoder, dev_documents)
-    reference_logits = reference(*probe)
-    results: dict[str, dict] = {}
-    dev_f1: dict[str, float] = {}
-    test_documents = read_conll(test) if test else None
 
-    def f1_of(logits_fn, documents) -> float:
+def validate_variants(
+    files: dict[str, Path],
+    reference_logits_fn: LogitsFn,
+    probe: Probe,
+    encoder: TextEncoder,
+    labels: list[str],
+    max_length: int,
+    stride: int,
+    dev_documents: list[Document] | None = None,
+    test_documents: list[Document] | None = None,
+    tolerances: Tolerances | None = None,
+    silent: bool = True,
+) -> Validation:
+    """Run every ONNX variant against the reference (PyTorch) and collect every problem.
+
+    On the `probe` batch: the logits' shape, max |logit difference| and argmax agreement over
+    real (unmasked) sub-tokens; on dev (and test) documents: F1 through the same Tagger as
+    `score`, and the drop from the reference's dev F1. A variant that is out of tolerance, fails
+    to run or has logits of the wrong shape gives problem lines, never an exception (as optimum's
+    `validate_model_outputs` reports every mismatch at once)."""
+    tolerances = tolerances or Tolerances()
+
+    def f1_of(logits_fn: LogitsFn, documents: list[Document]) -> float:
         from .score import evaluate_tagger
 
-        tagger = Tagger(encoder, meta["labels"], logits_fn, max_length, stride, batch_size=64)
+        options = TaggerOptions(batch_size=64, max_batch_tokens=8192)
+        tagger = Tagger(encoder, labels, logits_fn, max_length, stride, options)
         return evaluate_tagger(tagger, documents)["default"]["micro"]["f1"]
 
+    reference_logits = reference_logits_fn(*probe)  # (batch, seq, labels)
+    validation = Validation({}, [])
     if dev_documents:
-        dev_f1["pytorch"] = f1_of(reference, dev_documents)
-    test_f1 = {"pytorch": f1_of(reference, test_documents)} if test_documents else {}
-    problems: list[str] = []
+        validation.reference_dev_f1 = f1_of(reference_logits_fn, dev_documents)
+    if test_documents:
+        validation.reference_test_f1 = f1_of(reference_logits_fn, test_documents)
+    mask = probe[1].astype(bool)
     for variant, file in files.items():
-        session = onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
-        logits_fn = onnx_logits_fn(session)
-        logits = logits_fn(*probe)
-        mask = probe[1].astype(bool)
-        diff = float(np.abs(logits - reference_logits)[mask].max())
-        agreement = float((logits.argmax(-1) == reference_logits.argmax(-1))[mask].mean())
         entry = {
             "file": file.name,
-            "max_abs_logit_diff": diff,
-            "argmax_agreement": agreement,
+            "max_abs_logit_diff": None,
+            "argmax_agreement": None,
             "checked_on": f"{int(mask.sum())} sub-tokens of {len(probe[0])} "
             + ("dev sentences" if dev_documents else "built-in sentences"),
             "device_checked": "cpu",
         }
+        validation.variants[variant] = entry
+        try:
+            logits_fn = onnx_logits_fn(_cpu_session(file))
+            logits = logits_fn(*probe)
+        except Exception as e:  # broad: ORT raises its own classes (Fail, InvalidArgument, ...)
+            entry["status"] = "does not run"
+            validation.problems.append(f"{variant}: does not run on the probe batch: {e}")
+            continue
+        compared, problems = _compare_logits(logits, reference_logits, mask)
+        entry.update(compared)
+        validation.problems += [f"{variant}: {p}" for p in problems]
+        if not compared:
+            entry["status"] = "logits of the wrong shape"
+            continue
         if dev_documents:
             entry["dev_f1"] = f1_of(logits_fn, dev_documents)
-            entry["dev_f1_drop"] = dev_f1["pytorch"] - entry["dev_f1"]
+            entry["dev_f1_drop"] = validation.reference_dev_f1 - entry["dev_f1"]
         if test_documents:
             entry["test_f1"] = f1_of(logits_fn, test_documents)
-        problems += [f"{variant}: {p}" for p in _check(variant, entry, tolerances)]
+        validation.problems += [f"{variant}: {p}" for p in _check(variant, entry, tolerances)]
         entry["status"] = "ok"
-        results[variant] = entry
         if not silent:
             log.info(
                 "%s: max|Δlogit| %.2e, argmax agreement %.4f, dev F1 %s",
                 variant,
-                diff,
-                agreement,
+                entry["max_abs_logit_diff"],
+                entry["argmax_agreement"],
                 entry.get("dev_f1"),
             )
-    if problems:
-        message = "exported variants disagree with PyTorch beyond tolerance:\n  " + "\n  ".join(
-            problems
-        )
-        if not keep_failed:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise ExportError(message + "\n(pass --keep-failed to keep them with a warning)")
-        log.warning("%s\nkept because --keep-failed was given", message)
-        for p in problems:
-            results[p.split(":")[0]]["status"] = "out of tolerance (kept with --keep-failed)"
+    return validation
 
+
+def write_bundle(
+    out: Path,
+    staging: Path,
+    checkpoint: Path,
+    meta: dict,
+    results: dict[str, dict],
+    graph: dict,
+    window: tuple[int, int],
+    vocab_size: int,
+    reference: dict,
+    started: float,
+) -> dict:
+    """Write bundle.json beside the staged variant files (`results`: their bundle.json entries,
+    sha256 included) and the checkpoint's tokenizer, then move them all into `out` (bundle.json
+    last) and remove the files of variants not exported this time."""
     tokenizer_file = staging / "tokenizer.json"
     shutil.copyfile(checkpoint / "tokenizer.json", tokenizer_file)
-    for variant, file in files.items():
-        results[variant]["sha256"] = sha256_of(file)
-    if "int8" in results:
-        results["int8"]["int8_ops"] = int8_ops
-    name = out.name
+    max_length, stride = window
     bundle = {
         "format_version": FORMAT_VERSION,
-        "bundle_id": f"{name}-{results['fp32']['sha256'][:12]}",
+        "bundle_id": f"{out.name}-{results['fp32']['sha256'][:12]}",
         "labels": meta["labels"],
         "scheme": meta.get("scheme", "IOB2"),
         "max_length": max_length,
@@ -201,28 +281,18 @@ def export(
         "tokenizer": {
             "file": "tokenizer.json",
             "sha256": sha256_of(tokenizer_file),
-            "vocab_size": int(model.config.vocab_size),
+            "vocab_size": vocab_size,
             "word_shapes": meta["word_shapes"],
             "shapes": meta.get("shapes"),
             "words": "pre-tokenizer pieces; a word's label is its first sub-token's",
         },
         "base_model": meta.get("base_model"),
         "train_data": meta.get("train_data"),
-        "graph": {"opset": 17, "fused_ops": fused, "inputs": INPUTS, "output": "logits"},
+        "graph": graph,
         "variants": results,
-        "reference": {
-            "dev_f1": dev_f1.get("pytorch"),
-            "test_f1": test_f1.get("pytorch"),
-            "dev": str(dev) if dev else None,
-            "test": str(test) if test else None,
-        },
+        "reference": reference,
         "default_variant": dict(DEFAULT_VARIANT),
-        "versions": {
-            "nerbatch": _version(),
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "onnxruntime": onnxruntime.__version__,
-        },
+        "versions": _versions(),
         "export_seconds": round(time.monotonic() - started, 1),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
@@ -230,19 +300,48 @@ def export(
     # Swap the staged files in; bundle.json last so a reader never sees a half-written bundle.
     for file in sorted(staging.iterdir(), key=lambda p: p.name == BUNDLE_FILE):
         file.replace(out / file.name)
-    for variant in set(VARIANT_FILES) - set(files):
+    for variant in set(VARIANT_FILES) - set(results):
         (out / VARIANT_FILES[variant]).unlink(missing_ok=True)
     staging.rmdir()
     return bundle
+
+
+def _dev_documents(dev: str | Path | None, limit: int | None) -> list[Document] | None:
+    documents = read_conll(dev) if dev else None
+    if documents and limit:
+        documents = _first_sentences(documents, limit)
+    if not dev:
+        log.warning("no dev data: variants are checked on logits of built-in sentences only")
+    return documents
+
+
+def _fail_or_keep(validation: Validation, keep_failed: bool, staging: Path) -> None:
+    """Raise one ExportError listing every problem (removing the staged files), or with
+    `keep_failed` log it and mark the variants kept; an unusable variant is never kept."""
+    message = "exported variants disagree with PyTorch beyond tolerance:\n  " + "\n  ".join(
+        validation.problems
+    )
+    unusable = validation.unusable()
+    if not keep_failed or unusable:
+        shutil.rmtree(staging, ignore_errors=True)
+        hint = (
+            f"\n(--keep-failed cannot keep {', '.join(unusable)}: no logits to compare)"
+            if keep_failed
+            else "\n(pass --keep-failed to keep them with a warning)"
+        )
+        raise ExportError(message + hint)
+    log.warning("%s\nkept because --keep-failed was given", message)
+    for p in validation.problems:
+        validation.variants[p.split(":")[0]]["status"] = (
+            "out of tolerance (kept with --keep-failed)"
+        )
 
 
 def _existing(path: str | None) -> str | None:
     return path if path and Path(path).is_file() else None
 
 
-def _first_sentences(documents, limit: int):
-    from .conll import Document
-
+def _first_sentences(documents: list[Document], limit: int) -> list[Document]:
     kept, total = [], 0
     for document in documents:
         if total >= limit:
@@ -253,10 +352,25 @@ def _first_sentences(documents, limit: int):
     return kept
 
 
-def _version() -> str:
+def _versions() -> dict[str, str]:
+    import onnxruntime
+    import torch
+    import transformers
+
     from . import __version__
 
-    return __version__
+    return {
+        "nerbatch": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def _cpu_session(file: Path):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
 
 
 def _torch_export(model, path: Path) -> None:
@@ -309,7 +423,7 @@ def _quantize(source: Path, target: Path, op_types: list[str]) -> None:
     # Per-channel weights: per-tensor int8 cost 0.66 test F1 on our MiniLM, per-channel 0.04.
     # By default only the MatMuls (feed-forward, attention output, classifier): on the 8-epoch
     # MiniLM, also quantizing the fused Attention (QAttention) cost about 0.25 test F1 at any
-    # batch size, and the embeddings (Gather) another 0.3 for no speed (see INT8_OPS).
+    # batch size, and the embeddings (Gather) another 0.3 for no speed (see choices.INT8_OPS).
     # The fused graph has com.microsoft ops that ONNX shape inference cannot type: say float.
     quantize_dynamic(
         str(source),
@@ -328,7 +442,7 @@ def _to_fp16(source: Path, target: Path, config) -> None:
     model.save_model_to_file(str(target))
 
 
-def _probe_batch(encoder, documents) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def probe_batch(encoder: TextEncoder, documents: list[Document] | None) -> Probe:
     """A padded batch of up to 64 sentences (dev if given), for the logit comparison."""
     texts = (
         [token_offsets(s.tokens)[0] for s in sentences_of(documents)[:64]]
@@ -350,11 +464,33 @@ def _probe_batch(encoder, documents) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return ids, mask, types
 
 
+def _compare_logits(
+    logits: np.ndarray, reference: np.ndarray, mask: np.ndarray
+) -> tuple[dict, list[str]]:
+    """Max |logit difference| and argmax agreement over the real (mask) sub-tokens, and the
+    problems that are not a matter of tolerance; nothing to compare if the shapes differ."""
+    if logits.shape != reference.shape:  # (batch, seq, labels) each
+        return {}, [
+            f"logits have shape {tuple(logits.shape)}; expected {tuple(reference.shape)} "
+            "(batch, sequence, labels) like PyTorch"
+        ]
+    not_finite = int((~np.isfinite(logits[mask])).sum())
+    compared = {
+        "max_abs_logit_diff": float(np.abs(logits - reference)[mask].max()),
+        "argmax_agreement": float((logits.argmax(-1) == reference.argmax(-1))[mask].mean()),
+    }
+    return compared, [f"{not_finite} logits are NaN or infinite"] if not_finite else []
+
+
 def _check(variant: str, entry: dict, t: Tolerances) -> list[str]:
     problems = []
     if variant == "fp32" and entry["max_abs_logit_diff"] > t.fp32_max_logit_diff:
         problems.append(
             f"max |logit difference| {entry['max_abs_logit_diff']:.2e} > {t.fp32_max_logit_diff:g}"
+        )
+    if variant == "fp32" and entry["argmax_agreement"] < t.fp32_min_argmax_agreement:
+        problems.append(
+            f"argmax agreement {entry['argmax_agreement']:.4f} < {t.fp32_min_argmax_agreement:g}"
         )
     limits = {"int8": t.int8_max_f1_drop, "fp16": t.fp16_max_f1_drop}
     if variant in limits:

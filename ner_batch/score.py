@@ -4,6 +4,8 @@ Two sources of predictions: a model (a training checkpoint or an ONNX bundle) ru
 sentences, or an annotate output (Parquet spans) made from a corpus that `nerbatch gold2corpus`
 built from the gold file, whose spans are mapped back onto the gold tokens. Both go through the
 same span -> token-tag mapping, so the two numbers differ only by what the model saw.
+It does not train or export: a checkpoint is read through `checkpoint.py`, a bundle through
+`bundle.py`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from .conll import Document, read_conll, sentences_of
+from .conll import Document, read_conll, sentences_of, token_offsets
 from .errors import MissingExtraError, NerbatchError
-from .tagger import Tagger, default_stride, token_tags
-from .train import token_offsets
+from .tagger import Tagger, TaggerOptions, default_stride, token_tags
 
 MODES = ("default", "strict")
 
@@ -201,17 +202,21 @@ def score(
     return report
 
 
-def load_tagger(model: str | Path, variant: str = "auto", batch_size: int = 64):
+def load_tagger(
+    model: str | Path, variant: str = "auto", batch_size: int = 64
+) -> tuple[Tagger, str]:
     """A Tagger over a bundle (ONNX) or a training checkpoint (PyTorch), and a description."""
     path = Path(model)
     from .bundle import BUNDLE_FILE, load_bundle
 
+    # Scoring has always batched up to 8192 padded positions (annotate's default is 4096).
+    options = TaggerOptions(batch_size=batch_size, max_batch_tokens=8192)
     if (path / BUNDLE_FILE).is_file():
         bundle = load_bundle(path)
-        return bundle.tagger(variant=variant, batch_size=batch_size), (
+        return bundle.tagger(variant=variant, options=options), (
             f"bundle {path} ({bundle.resolve_variant(variant)})"
         )
-    from .train import load_checkpoint, torch_logits_fn
+    from .checkpoint import load_checkpoint, torch_logits_fn
 
     torch_model, encoder, meta = load_checkpoint(path)
     tagger = Tagger(
@@ -220,7 +225,7 @@ def load_tagger(model: str | Path, variant: str = "auto", batch_size: int = 64):
         torch_logits_fn(torch_model),
         meta["max_length"],
         stride=default_stride(meta["max_length"]),
-        batch_size=batch_size,
+        options=options,
     )
     return tagger, f"checkpoint {path} (PyTorch)"
 

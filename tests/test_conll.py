@@ -167,6 +167,28 @@ def test_strict_invalid_transitions(tags, scheme, message):
         to_iob2(tags, scheme=scheme, strict=True)
 
 
+def test_scheme_error_carries_the_token_position():
+    with pytest.raises(SchemeError) as info:
+        to_iob2(["O", "B-PER", "I-PER"], scheme="bioes", strict=True)
+    assert info.value.token == 3
+    assert info.value.detail == "'I-PER' ends the sentence inside a PER chunk; expected E-PER"
+    assert str(info.value) == f"token 3: {info.value.detail}"
+    with pytest.raises(SchemeError) as info:
+        to_iob2(["O"], scheme="bio")
+    assert info.value.token is None and str(info.value) == info.value.detail
+
+
+def test_strict_error_points_at_the_line_of_the_token(tmp_path):
+    path = tmp_path / "bad.txt"
+    path.write_text("-DOCSTART- O\n\nJohn B-PER\nSmith E-PER\n\nMary S-PER\nsaid O\nhi E-PER\n")
+    with pytest.raises(DataFormatError) as info:
+        read_conll(path, scheme="bioes")
+    assert info.value.line == 8
+    assert str(info.value) == (
+        f"{path}:8: 'E-PER' continues a chunk but follows O or the start; expected B-PER or S-PER"
+    )
+
+
 def test_strict_iob1_accepts_i_without_b():
     # In IOB1 an I- after O opens a chunk: that is the point of the scheme, not an error.
     assert to_iob2(["I-PER", "O", "I-LOC", "I-ORG"], scheme="iob1", strict=True) == [

@@ -10,7 +10,7 @@ from conftest import build_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ner_batch.conll import Sentence
+from ner_batch.conll import Sentence, token_offsets
 from ner_batch.errors import NerbatchError
 from ner_batch.features import (
     SHAPES,
@@ -21,7 +21,7 @@ from ner_batch.features import (
     word_shape,
     word_shapes,
 )
-from ner_batch.train import IGNORE, _split_at_words, align_labels, build_examples, token_offsets
+from ner_batch.train import IGNORE, align_labels, build_examples, split_at_words
 
 LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 LABEL2ID = {label: i for i, label in enumerate(LABELS)}
@@ -418,21 +418,21 @@ def test_split_at_words(encoder):
     # p ##i ##er ##r ##e | visited | london | and | 1 ##9 ##9 ##0
     encoded = encoder.encode("Pierre visited London and 1990")
     assert len(encoded) == 12
-    assert _split_at_words(encoded, 20) == [(0, 12)]
-    assert _split_at_words(encoded, 6) == [(0, 6), (6, 12)]
+    assert split_at_words(encoded, 20) == [(0, 12)]
+    assert split_at_words(encoded, 6) == [(0, 6), (6, 12)]
     # A window of 10 would cut "1990" (sub-tokens 8-11): back up to its first sub-token.
-    assert _split_at_words(encoded, 10) == [(0, 8), (8, 12)]
+    assert split_at_words(encoded, 10) == [(0, 8), (8, 12)]
     # A word longer than the window is cut inside it (rather than looping forever); the next
     # piece still ends at a word boundary where it can.
-    assert _split_at_words(encoded, 3) == [(0, 3), (3, 6), (6, 8), (8, 11), (11, 12)]
+    assert split_at_words(encoded, 3) == [(0, 3), (3, 6), (6, 8), (8, 11), (11, 12)]
     with pytest.raises(ValueError, match="window must be at least 1"):
-        _split_at_words(encoded, 0)
+        split_at_words(encoded, 0)
 
 
 def test_split_at_words_covers_everything(encoder):
     encoded = encoder.encode("Pierre Blackburns visited London , 1990 and McDonald said")
     for window in range(1, len(encoded) + 2):
-        pieces = _split_at_words(encoded, window)
+        pieces = split_at_words(encoded, window)
         assert pieces[0][0] == 0 and pieces[-1][1] == len(encoded)
         for (_, end), (start, _) in zip(pieces, pieces[1:], strict=False):
             assert end == start

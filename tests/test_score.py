@@ -281,3 +281,30 @@ def test_gold_to_corpus(tmp_path):
     lines = out.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == gold_records(read_conll(gold), "sentence")
     assert "Zürich" in lines[0]  # not escaped
+
+
+# --- the CLI's charts ----------------------------------------------------------------------------
+
+
+def test_cli_score_png_writes_both_charts(tiny_bundle, tiny_conll, tmp_path):
+    """`--png PREFIX` reaches `score()`: both charts are written, with no --markdown given."""
+    from click.testing import CliRunner
+
+    from ner_batch.cli import cli
+
+    prefix = tmp_path / "charts" / "tiny"
+    prefix.parent.mkdir()
+    result = CliRunner().invoke(
+        cli,
+        ["score", "--model", str(tiny_bundle), str(tiny_conll), "--png", str(prefix)],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    assert "micro avg" in result.output
+    for chart in ("per_type", "confusion"):
+        path = tmp_path / "charts" / f"tiny.{chart}.png"
+        assert path.read_bytes().startswith(b"\x89PNG"), chart
+    assert sorted(p.name for p in prefix.parent.iterdir()) == [
+        "tiny.confusion.png",
+        "tiny.per_type.png",
+    ]
