@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .choices import DEVICES, ENCODING_ERRORS, ENGINES, INT8_OPS, SEGMENTS, TXT_MODES, VARIANTS
 from .errors import NerbatchError
 
 EXIT_REJECTS = 3
@@ -250,7 +251,7 @@ def train_cli(
 @click.option("--max-dev-sentences", type=int, help="Check on at most N dev sentences.")
 @click.option(
     "--int8-ops",
-    type=click.Choice(["matmul", "matmul+attention"]),
+    type=click.Choice(list(INT8_OPS)),
     default="matmul",
     show_default=True,
     help="What int8 quantizes: matmul+attention also does the attention's Q/K/V projections, "
@@ -269,7 +270,7 @@ def export_cli(
 
     out = out or str(Path("export") / Path(checkpoint).name)
     wanted = tuple(v.strip() for v in variants.split(",") if v.strip())
-    unknown = set(wanted) - {"fp32", "int8", "fp16"}
+    unknown = set(wanted) - set(VARIANTS)
     if unknown:
         raise click.BadParameter(f"unknown variants {sorted(unknown)}", param_hint="--variants")
     bundle = export(
@@ -299,12 +300,18 @@ def export_cli(
 @click.option("--model", default="export/minilm", show_default=True, help="Model bundle directory.")
 @click.option(
     "--variant",
-    type=click.Choice(["auto", "fp32", "int8", "fp16"]),
+    type=click.Choice(["auto", *VARIANTS]),
     default="auto",
     show_default=True,
     help="auto: int8 on CPU, fp16 on CUDA.",
 )
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="cpu",
+    show_default=True,
+    help="cpu, or cuda (needs onnxruntime-gpu).",
+)
 @click.option(
     "--batch-size",
     type=int,
@@ -312,7 +319,13 @@ def export_cli(
     show_default=True,
     help="Windows per inference batch (also capped by --max-batch-tokens).",
 )
-@click.option("--max-batch-tokens", type=int, default=4096, show_default=True)
+@click.option(
+    "--max-batch-tokens",
+    type=int,
+    default=4096,
+    show_default=True,
+    help="Padded sub-tokens per inference batch at most (long windows make smaller batches).",
+)
 @click.option("--max-length", type=int, help="Window length in sub-tokens [default: bundle's].")
 @click.option("--stride", type=int, help="Overlap of consecutive windows [default: bundle's].")
 @click.option(
@@ -327,7 +340,7 @@ def export_cli(
 )
 @click.option(
     "--segment",
-    type=click.Choice(["lines", "paragraphs", "none"]),
+    type=click.Choice(list(SEGMENTS)),
     default="lines",
     show_default=True,
     help="Context boundaries: every line break (headlines, list items, one sentence per line), "
@@ -335,7 +348,7 @@ def export_cli(
 )
 @click.option(
     "--txt-mode",
-    type=click.Choice(["file", "lines"]),
+    type=click.Choice(TXT_MODES),
     default="file",
     show_default=True,
     help="A .txt file is one document, or one per line.",
@@ -358,7 +371,7 @@ def export_cli(
 )
 @click.option(
     "--encoding-errors",
-    type=click.Choice(["strict", "replace"]),
+    type=click.Choice(ENCODING_ERRORS),
     default="strict",
     show_default=True,
     help="strict: reject undecodable documents; replace: U+FFFD.",
@@ -378,7 +391,7 @@ def export_cli(
 )
 @click.option(
     "--engine",
-    type=click.Choice(["local", "ray"]),
+    type=click.Choice(ENGINES),
     default="local",
     show_default=True,
     help="local: this machine; ray: a Ray cluster through Ray Data, same output "
@@ -406,6 +419,8 @@ def export_cli(
     type=click.FloatRange(min=0),
     help="Ray: GPUs each actor reserves [default: 1 with --device cuda, else 0].",
 )
+# One parameter per option, as click passes them: long because annotate has many options; the
+# body only builds the config and reports the summary.
 def annotate_cli(
     inputs,
     output,
@@ -442,8 +457,9 @@ def annotate_cli(
         nerbatch annotate /shared/corpus/ /shared/spans.parquet --model /shared/minilm \\
             --engine ray --ray-address auto --num-workers 8
     """
-    from .annotate import AnnotateConfig, RayOptions, annotate
+    from .annotate import annotate
     from .readers import ReadOptions
+    from .run import AnnotateConfig, RayOptions
 
     ray_options = RayOptions(ray_address, num_workers, cpus_per_worker, gpus_per_worker)
     if engine != "ray" and ray_options != RayOptions():
@@ -505,7 +521,7 @@ def annotate_cli(
 @click.option("--predictions", help="An annotate output made from `nerbatch gold2corpus GOLD`.")
 @click.option(
     "--variant",
-    type=click.Choice(["auto", "fp32", "int8", "fp16"]),
+    type=click.Choice(["auto", *VARIANTS]),
     default="auto",
     show_default=True,
     help="Bundle variant to score.",
@@ -545,6 +561,7 @@ def score_cli(
         predictions=predictions,
         json_path=json_path,
         markdown_path=markdown_path,
+        png_prefix=png_prefix,
         variant=variant,
         batch_size=batch_size,
     )

@@ -19,7 +19,12 @@ class DataFormatError(NerbatchError):
 
 
 class SchemeError(NerbatchError):
-    """An unknown tag scheme or tag prefix."""
+    """An unknown tag scheme or tag prefix, or an invalid transition at a 1-based `token`."""
+
+    def __init__(self, message: str, token: int | None = None):
+        self.token = token  # 1-based position in the sentence, None when no token is at fault
+        self.detail = message  # the message without the position
+        super().__init__(f"token {token}: {message}" if token is not None else message)
 
 
 class BundleError(NerbatchError):
@@ -36,6 +41,10 @@ class InputError(NerbatchError):
 
 class OutputError(NerbatchError):
     """The annotate output cannot be written, or belongs to a different run."""
+
+
+class Interrupted(NerbatchError):
+    """Stopped by SIGTERM / SIGINT after committing the current part; run again to resume."""
 
 
 class MissingExtraError(NerbatchError):

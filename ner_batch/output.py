@@ -200,18 +200,53 @@ def _tmp_name(name: str) -> str:
 
 
 class PartWriter:
-    """Spans of one part: buffered, written in row groups as they come, committed atomically."""
+    """Spans of one part: buffered, written in row groups as they come, committed atomically.
 
-    def __init__(self, out: OutputDir, name: str, row_group_size: int = 65536):
-        self.out = out
+    Writes to any pyarrow sink (a path, with a filesystem, or a stream such as
+    `pa.BufferOutputStream()`); `in_output` makes one that writes an output's part under its
+    temporary name and publishes it on commit. As a context manager it commits on a clean exit
+    and aborts (closes and discards the temporary file) on an error.
+    """
+
+    def __init__(
+        self,
+        sink,
+        name: str = "",
+        filesystem=None,
+        row_group_size: int = 65536,
+        publish=None,
+        discard=None,
+    ):
         self.name = name
         self.row_group_size = row_group_size
-        self.columns: dict[str, list] = {name: [] for name in SPAN_SCHEMA.names}
+        self.columns: dict[str, list] = {column: [] for column in SPAN_SCHEMA.names}
         self.rows = 0
+        self._publish = publish
+        self._discard = discard
+        self.writer = pq.ParquetWriter(sink, SPAN_SCHEMA, filesystem=filesystem, compression="zstd")
+        self.closed = False
+
+    @classmethod
+    def in_output(cls, out: OutputDir, name: str, row_group_size: int = 65536) -> PartWriter:
+        """A writer of the part `name` of `out`."""
         where, filesystem = out.sink(name)
-        self.writer = pq.ParquetWriter(
-            where, SPAN_SCHEMA, filesystem=filesystem, compression="zstd"
+        return cls(
+            where,
+            name,
+            filesystem,
+            row_group_size,
+            publish=lambda: out.publish(name),
+            discard=lambda: out.discard(name),
         )
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is not None:
+            self.abort()
+        elif not self.closed:
+            self.commit()
 
     def add(self, doc_id: str, source: str, text: str, spans: list[Span], model: str) -> None:
         c = self.columns
@@ -245,16 +280,23 @@ class PartWriter:
         """Flush, close and move into place; returns the number of rows."""
         self._flush()
         self.writer.close()
-        self.out.publish(self.name)
+        self.closed = True
+        if self._publish is not None:
+            self._publish()
         return self.rows
 
     def abort(self) -> None:
+        """Close and drop what was written (a no-op after commit)."""
+        if self.closed:
+            return
+        self.closed = True
         try:
             self.writer.close()
         except OSError:
             pass  # closing flushes, which fails on a full disk: the file is dropped anyway
         finally:
-            self.out.discard(self.name)
+            if self._discard is not None:
+                self._discard()
 
 
 def write_rejects(out: OutputDir, name: str, rejects: list) -> None:
@@ -273,13 +315,24 @@ def write_rejects(out: OutputDir, name: str, rejects: list) -> None:
 
 
 def read_manifest(out: OutputDir) -> dict | None:
+    """The output's manifest, None if it has none; refuses one that is unreadable or of a format
+    this version does not write (MANIFEST_FORMAT)."""
     try:
         data = out.read_bytes(MANIFEST)
-        return None if data is None else json.loads(data)
+        manifest = None if data is None else json.loads(data)
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise OutputError(
             f"{out.uri(MANIFEST)} is unreadable ({e}); use --overwrite to start over"
         ) from e
+    if manifest is None:
+        return None
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != MANIFEST_FORMAT:
+        raise OutputError(
+            f"{out.uri(MANIFEST)} has format {found!r}, not {MANIFEST_FORMAT!r}: it was not "
+            "written by this version of nerbatch annotate; use --overwrite to start over"
+        )
+    return manifest
 
 
 def write_manifest(out: OutputDir, manifest: dict) -> None:

@@ -8,11 +8,10 @@ then runs
 
 and the driver writes what comes back, in input order, with the local engine's part writer and
 manifest. Reading calls `readers.read_file` and tagging the bundle's `Tagger`, so the rows are
-the local engine's; committing through the same manifest keeps its contract (a part is named in
-the manifest only once it is on disk; `_SUCCESS` last), and an output started by one engine can
-be resumed by the other: both resume after `documents_done` documents of the same deterministic
-stream. This engine also records where that count ends (input file and position in it), so a
-resume starts reading at that file instead of re-reading what is done.
+the local engine's; committing through the run core's `Committer` (run.py) keeps its contract (a
+part is named in the manifest only once it is on disk; `_SUCCESS` last), and an output started by
+one engine can be resumed by the other: both record where the committed documents end (input file
+and item in it) and start reading there.
 
 Failures: Ray restarts an actor whose process dies and retries its batch (a few times, not
 forever: a document that kills every actor must stop the run, not loop); a failure that outlives
@@ -37,29 +36,25 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
-from itertools import islice
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .annotate import (
+from .bundle import Bundle, load_bundle
+from .errors import BundleError, InputError, Interrupted, MissingExtraError, NerbatchError
+from .readers import Document, InputFile, ReadOptions, Reject, read_file
+from .run import (
     AnnotateConfig,
-    Interrupted,
-    RunLock,
+    Committer,
     StopFlag,
-    _Run,
+    chunk_is_full,
     complete_summary,
-    input_files,
-    make_output_dir,
-    prepare_run,
+    prepared_output,
+    resume_point,
     run_settings,
 )
-from .bundle import Bundle, load_bundle
-from .errors import BundleError, InputError, MissingExtraError, NerbatchError, OutputError
-from .output import OutputDir
-from .readers import Document, InputFile, ReadOptions, Reject, read_file
 from .storage import is_uri, local_path
-from .tagger import Tagger
+from .tagger import Tagger, TaggerOptions
 
 log = logging.getLogger(__name__)
 
@@ -108,27 +103,24 @@ def annotate_ray(config: AnnotateConfig, silent: bool = True) -> dict:
     bundle.verify(variant)  # here, before a cluster starts, as well as in every actor
     max_length, stride = _check_window(bundle, config)
     settings = run_settings(config, variant, max_length, stride)
-    out = OutputDir(config.output)
-    files, skipped = input_files(config, out)
-    make_output_dir(out)
-    with RunLock(out):
-        manifest = prepare_run(out, config, bundle.bundle_id, settings, files, skipped)
+    with prepared_output(config, bundle.bundle_id, settings) as (out, files, manifest):
         if manifest is None:
             return complete_summary(out)
-        with _connected(ray, config.ray.address), _quiet_ray_data(), RayStopFlag() as stop:
-            run = _RayRun(out, manifest, bundle.bundle_id, config, silent)
-            if manifest["complete"]:  # killed before _SUCCESS: only that is left to write
-                run.consume([], 0, stop)
-            else:
+        with (
+            _connected(ray, config.ray.address),
+            _quiet_ray_data(),
+            RayStopFlag() as stop,
+            Committer(out, manifest, bundle.bundle_id, config.part_docs, silent) as committer,
+        ):
+            if not manifest["complete"]:  # else killed before _SUCCESS: only that is left
                 first, skip, drop = resume_point(manifest)
                 workers = _workers(ray, config, gpus)
                 dataset = _pipeline(
                     ray, files, first, skip, config, variant, max_length, stride, workers, gpus
                 )
                 with contextlib.closing(_tagged_batches(dataset)) as batches:
-                    run.consume(batches, drop, stop)
-            run.finish()
-    summary = dict(manifest["summary"])
+                    consume(committer, batches, drop, stop)
+            summary = committer.finish()
     summary["seconds_this_run"] = round(time.monotonic() - started, 2)
     return summary
 
@@ -145,19 +137,6 @@ class RayStopFlag(StopFlag):
                 "to resume from the last committed part"
             )
         super()._handle(signum, frame)
-
-
-def resume_point(manifest: dict) -> tuple[int, int, int]:
-    """Where the remaining work starts: (input index, documents of that input to skip while
-    reading it, documents of the tagged stream to drop after that).
-
-    The last commit of this engine records its position; when another engine committed after it
-    (the position is older than `documents_done`), the difference is dropped from the stream."""
-    done = manifest["documents_done"]
-    position = manifest.get("position")
-    if position and position["documents_done"] <= done:
-        return position["input"], position["items"], done - position["documents_done"]
-    return 0, 0, done
 
 
 def _check_options(config: AnnotateConfig) -> float:
@@ -209,7 +188,7 @@ def _check_window(bundle: Bundle, config: AnnotateConfig) -> tuple[int, int]:
 
     try:
         Tagger(
-            bundle.encoder(), bundle.labels, no_model, max_length, stride, segment=config.segment
+            bundle.encoder(), bundle.labels, no_model, max_length, stride, config.tagger_options()
         )
     except ValueError as e:  # a max_length / stride the user chose: one Error: line
         raise NerbatchError(str(e)) from e
@@ -345,12 +324,10 @@ def _pipeline(
                 "model": str(model),
                 "variant": variant,
                 "device": config.device,
-                "batch_size": config.batch_size,
                 "max_length": max_length,
                 "stride": stride,
                 "threads": config.ray.cpus_per_worker,
-                "max_batch_tokens": config.max_batch_tokens,
-                "segment": config.segment,
+                "options": asdict(config.tagger_options()),
                 "chunk_docs": config.chunk_docs,
                 "chunk_chars": config.chunk_chars,
             },
@@ -463,7 +440,7 @@ def _file_rows(spec: dict, options: ReadOptions, cwd: str) -> Iterator[dict]:
     file = InputFile(local, spec["format"], spec["size"], spec["mtime"], spec["error"], remote)
     skip = item = spec["skip"]
     try:
-        for item, document in enumerate(islice(read_file(file, options), skip, None), skip):
+        for item, document in enumerate(read_file(file, options, skip), skip):
             if isinstance(document, Document):
                 yield row(item, doc_id=document.doc_id, text=document.text)
             else:
@@ -480,12 +457,10 @@ class TaggerActor:
         model: str,
         variant: str,
         device: str,
-        batch_size: int,
         max_length: int,
         stride: int,
         threads: int,
-        max_batch_tokens: int,
-        segment: str,
+        options: dict,
         chunk_docs: int,
         chunk_chars: int,
     ):
@@ -497,7 +472,12 @@ class TaggerActor:
                 "same path (a shared filesystem) or from an object store"
             ) from e
         self.tagger = bundle.tagger(
-            variant, device, batch_size, max_length, stride, threads, max_batch_tokens, segment
+            variant,
+            device,
+            max_length=max_length,
+            stride=stride,
+            threads=threads,
+            options=TaggerOptions(**options),
         )
         self.chunk_docs = chunk_docs
         self.chunk_chars = chunk_chars
@@ -527,7 +507,9 @@ class TaggerActor:
         start = 0
         while start < len(texts):
             end, chars = start, 0
-            while end < len(texts) and end - start < self.chunk_docs and chars < self.chunk_chars:
+            while end < len(texts) and not chunk_is_full(
+                end - start, chars, self.chunk_docs, self.chunk_chars
+            ):
                 chars += len(texts[end])
                 end += 1
             chunk = texts[start:end]
@@ -541,101 +523,60 @@ class TaggerActor:
 # --- in the driver -------------------------------------------------------------------------------
 
 
-class _RayRun(_Run):
-    """The local engine's parts, rejects and manifest, fed with the pipeline's tagged rows."""
+def consume(committer: Committer, batches: Iterable[pa.Table], drop: int, stop: StopFlag) -> None:
+    """Write the tagged rows after the first `drop`, committing every `part_docs` documents."""
+    for batch in batches:
+        dropped = min(drop, batch.num_rows)
+        drop -= dropped
+        write_batch(committer, batch.slice(dropped))
+        if stop.signal is not None:
+            if committer.part is not None:
+                committer.commit()
+            raise committer.interrupted(stop.signal)
 
-    def __init__(
-        self, out: OutputDir, manifest: dict, model_id: str, config: AnnotateConfig, silent: bool
-    ):
-        super().__init__(out, manifest, None, model_id, config, silent)
-        self.last: tuple[int, int] | None = None  # (input, item) of the last row written
 
-    def consume(self, batches: Iterable[pa.Table], drop: int, stop: StopFlag) -> None:
-        """Write the tagged rows after the first `drop`, committing every `part_docs`."""
-        from tqdm import tqdm
+def write_batch(committer: Committer, batch: pa.Table) -> None:
+    """One batch of TAGGED rows, cut at part boundaries: parts hold exactly `part_docs`
+    documents, as the local engine's do."""
+    start = 0
+    while start < batch.num_rows:
+        size = min(batch.num_rows - start, committer.room)
+        add_rows(committer, batch.slice(start, size))
+        start += size
+        if committer.room <= 0:
+            committer.commit()
 
-        self.progress = tqdm(
-            unit="doc", disable=True if self.silent else None, desc="annotate", dynamic_ncols=True
-        )
-        try:
-            for batch in batches:
-                dropped = min(drop, batch.num_rows)
-                drop -= dropped
-                self._add_rows(batch.slice(dropped))
-                self.progress.update(batch.num_rows - dropped)
-                if stop.signal is not None:
-                    if self.part is not None:
-                        self._commit()
-                    raise Interrupted(self._interrupted_message(stop.signal))
-            if self.part is not None or not self.manifest["parts"]:
-                self._ensure_part()
-                self._commit()
-        except OSError as e:  # the workers' errors come as NerbatchError: this is a write
-            self._abort_part()
-            raise OutputError(
-                f"cannot write to {self.out}: {e.strerror or e}; the output stays resumable from "
-                "the last committed part once the problem is fixed"
-            ) from e
-        except BaseException:
-            self._abort_part()
-            raise
-        finally:
-            self.progress.close()
 
-    def _add_rows(self, batch: pa.Table) -> None:
-        start = 0
-        while start < batch.num_rows:
-            self._ensure_part()
-            size = min(batch.num_rows - start, self.config.part_docs - self.part_docs)
-            self._add(batch.slice(start, size))
-            start += size
-            if self.part_docs >= self.config.part_docs:
-                self._commit()
+def add_rows(committer: Committer, rows: pa.Table) -> None:
+    """TAGGED rows of one part: spans into the part, rejects beside it."""
+    fatal = rows.column("fatal")
+    if fatal.null_count < len(fatal):
+        raise InputError(next(m for m in fatal.to_pylist() if m is not None))
+    if not rows.num_rows:
+        return
+    rejected = pc.is_valid(rows.column("reason"))
+    for reject in rows.filter(rejected).select(["input", "item", *REJECT_FIELDS]).to_pylist():
+        position = (reject.pop("input"), reject.pop("item") + 1)
+        committer.reject(Reject(**reject), position)
+    annotated = rows.filter(pc.invert(rejected))
+    spans = annotated.column("spans").combine_chunks()  # (documents,) lists of spans
+    flat = pc.list_flatten(spans)  # (spans,) structs
+    owner = pc.list_parent_indices(spans)  # (spans,) document of each span
+    table = pa.table(
+        {
+            "doc_id": annotated.column("doc_id").take(owner),
+            "source": annotated.column("source").take(owner),
+            "start": flat.field("start"),
+            "end": flat.field("end"),
+            "label": flat.field("label"),
+            "text": flat.field("text"),
+            "score": flat.field("score"),
+            "model": pa.array([committer.model_id] * len(flat), pa.string()),
+        }
+    )
+    last = (rows.column("input")[-1].as_py(), rows.column("item")[-1].as_py() + 1)
+    tokens = pc.sum(annotated.column("tokens")).as_py() or 0
+    committer.add_table(table, annotated.num_rows, tokens, last)
 
-    def _add(self, rows: pa.Table) -> None:
-        """Rows of one part: spans into the part, rejects beside it, counts."""
-        fatal = rows.column("fatal")
-        if fatal.null_count < len(fatal):
-            raise InputError(next(m for m in fatal.to_pylist() if m is not None))
-        rejected = pc.is_valid(rows.column("reason"))
-        for reject in (
-            rows.filter(rejected).select(["source", "doc_id", "line", "reason"]).to_pylist()
-        ):
-            self.rejects.append(Reject(**reject))
-        annotated = rows.filter(pc.invert(rejected))
-        spans = annotated.column("spans").combine_chunks()  # (documents,) lists of spans
-        flat = pc.list_flatten(spans)  # (spans,) structs
-        owner = pc.list_parent_indices(spans)  # (spans,) document of each span
-        self.part.add_table(
-            pa.table(
-                {
-                    "doc_id": annotated.column("doc_id").take(owner),
-                    "source": annotated.column("source").take(owner),
-                    "start": flat.field("start"),
-                    "end": flat.field("end"),
-                    "label": flat.field("label"),
-                    "text": flat.field("text"),
-                    "score": flat.field("score"),
-                    "model": pa.array([self.model_id] * len(flat), pa.string()),
-                }
-            )
-        )
-        self.part_docs += rows.num_rows
-        self.run_docs += rows.num_rows
-        counts = self.part_counts
-        counts["annotated"] += annotated.num_rows
-        counts["rejected"] += rows.num_rows - annotated.num_rows
-        counts["spans"] += len(flat)
-        counts["tokens"] += pc.sum(annotated.column("tokens")).as_py() or 0
-        if rows.num_rows:
-            self.last = (rows.column("input")[-1].as_py(), rows.column("item")[-1].as_py())
 
-    def _commit(self) -> None:
-        """Commit the part, with where the committed documents end for the next resume."""
-        if self.last is not None:
-            self.manifest["position"] = {
-                "documents_done": self.manifest["documents_done"] + self.part_docs,
-                "input": self.last[0],
-                "items": self.last[1] + 1,
-            }
-        super()._commit()
+REJECT_FIELDS = ["source", "doc_id", "line", "reason"]

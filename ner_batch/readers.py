@@ -15,19 +15,26 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from .choices import ENCODING_ERRORS, TXT_MODES, check_choice
 from .errors import InputError
 from .storage import Remote, is_uri, local_path, open_remote
 
 FORMATS = {".txt": "txt", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
-TXT_MODES = ("file", "lines")
 
 
 @dataclass
 class ReadOptions:
-    txt_mode: str = "file"  # one document per .txt file, or one per line
+    txt_mode: str = "file"  # one document per .txt file, or one per line (choices.TXT_MODES)
     text_field: str = "text"  # jsonl field / parquet column holding the text
     id_field: str | None = "id"  # jsonl field / parquet column with the document id, if present
     encoding_errors: str = "strict"  # "strict": reject undecodable documents; "replace": U+FFFD
+
+    def check(self) -> None:
+        """Raise ValueError for a value no reader knows."""
+        check_choice("txt mode", self.txt_mode, TXT_MODES)
+        check_choice("encoding_errors", self.encoding_errors, ENCODING_ERRORS)
+        if not self.text_field:
+            raise ValueError("the text field / column name must not be empty")
 
 
 @dataclass
@@ -208,20 +215,28 @@ def _open_binary(file: InputFile, seekable: bool = False):
     return gzip.GzipFile(fileobj=raw) if file.compressed else raw
 
 
-def read_file(file: InputFile, options: ReadOptions) -> Iterator[Document | Reject]:
-    """Documents of one input file, in order. Errors that end the file early (a truncated .gz,
-    an I/O error) come out as a Reject for the rest of the file, after what was read."""
+def read_file(file: InputFile, options: ReadOptions, skip: int = 0) -> Iterator[Document | Reject]:
+    """Documents (and rejects) of one input file, in order, from item `skip` on. Errors that end
+    the file early (a truncated .gz, an I/O error) come out as a Reject for the rest of the file,
+    after what was read. Skipped items are counted without being decoded or parsed, so resuming
+    in the middle of a large file costs a scan for line breaks (or Parquet row-group metadata),
+    not a re-read of what is done."""
     reader = {"txt": _read_txt, "jsonl": _read_jsonl, "parquet": _read_parquet}[file.format]
     if file.error:
-        yield Reject(file.path, None, None, file.error)
+        if not skip:
+            yield Reject(file.path, None, None, file.error)
         return
-    count = 0
+    count = 0  # items of the file so far, skipped ones included
     try:
-        for item in reader(file, options):
+        for item in reader(file, options, skip):
+            if isinstance(item, int):  # the reader passed over this many items before `skip`
+                count += item
+                continue
             count += 1
             yield item
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        yield Reject(file.path, None, None, f"file unreadable after {count} documents: {e}")
+        if count >= skip:  # else a resumed run: this reject was committed before
+            yield Reject(file.path, None, None, f"file unreadable after {count} documents: {e}")
 
 
 def _decode(data: bytes, options: ReadOptions) -> str:
@@ -232,7 +247,12 @@ def _looks_binary(data: bytes) -> bool:
     return b"\x00" in data[:8192] and data.count(b"\x00") > len(data[:8192]) // 100
 
 
-def _read_txt(file: InputFile, options: ReadOptions) -> Iterator[Document | Reject]:
+def _read_txt(
+    file: InputFile, options: ReadOptions, skip: int
+) -> Iterator[Document | Reject | int]:
+    if options.txt_mode == "file" and skip:
+        yield 1  # the one document of the file is done: do not even open it
+        return
     with _open_binary(file) as f:
         if options.txt_mode == "file":
             data = f.read()
@@ -245,6 +265,9 @@ def _read_txt(file: InputFile, options: ReadOptions) -> Iterator[Document | Reje
                 yield Reject(file.path, file.path, None, f"not valid UTF-8 at byte {e.start}")
             return
         for number, raw in enumerate(f, start=1):
+            if number <= skip:
+                yield 1
+                continue
             raw = raw.rstrip(b"\r\n")
             doc_id = f"{file.path}:{number}"
             try:
@@ -253,12 +276,19 @@ def _read_txt(file: InputFile, options: ReadOptions) -> Iterator[Document | Reje
                 yield Reject(file.path, doc_id, number, f"not valid UTF-8 at byte {e.start}")
 
 
-def _read_jsonl(file: InputFile, options: ReadOptions) -> Iterator[Document | Reject]:
+def _read_jsonl(
+    file: InputFile, options: ReadOptions, skip: int
+) -> Iterator[Document | Reject | int]:
+    items = 0  # non-blank lines: one document or reject each
     with _open_binary(file) as f:
         for number, raw in enumerate(f, start=1):
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]  # written by Windows tools; json.loads refuses it
             if not raw.strip():
+                continue
+            items += 1
+            if items <= skip:
+                yield 1
                 continue
             fallback_id = f"{file.path}:{number}"
             try:
@@ -300,7 +330,9 @@ def _read_jsonl(file: InputFile, options: ReadOptions) -> Iterator[Document | Re
             yield Document(doc_id, file.path, text)
 
 
-def _read_parquet(file: InputFile, options: ReadOptions) -> Iterator[Document | Reject]:
+def _read_parquet(
+    file: InputFile, options: ReadOptions, skip: int
+) -> Iterator[Document | Reject | int]:
     import pyarrow.parquet as pq
 
     with _open_binary(file, seekable=True) as f:
@@ -308,7 +340,8 @@ def _read_parquet(file: InputFile, options: ReadOptions) -> Iterator[Document | 
         try:
             parquet = pq.ParquetFile(source)
         except Exception as e:  # pyarrow raises ArrowInvalid/OSError variants for bad files
-            yield Reject(file.path, None, None, f"not a readable Parquet file: {e}")
+            # One item, the file's reject: committed already when a resumed run skips past it.
+            yield 1 if skip else Reject(file.path, None, None, f"not a readable Parquet file: {e}")
             return
         names = parquet.schema_arrow.names
         if options.text_field not in names:
@@ -320,8 +353,23 @@ def _read_parquet(file: InputFile, options: ReadOptions) -> Iterator[Document | 
         id_column = options.id_field if options.id_field in names else None
         if id_column:
             columns.append(id_column)
-        row = 0
-        for batch in parquet.iter_batches(batch_size=1024, columns=columns):
+        # Whole row groups before `skip` are passed over by their metadata, the rest row by row.
+        group, row = 0, 0
+        while group < parquet.num_row_groups:
+            rows_in_group = parquet.metadata.row_group(group).num_rows
+            if row + rows_in_group > skip:
+                break
+            row += rows_in_group
+            group += 1
+        if row:
+            yield row
+        groups = range(group, parquet.num_row_groups)
+        for batch in parquet.iter_batches(batch_size=1024, columns=columns, row_groups=groups):
+            if row < skip:
+                passed = min(skip - row, batch.num_rows)
+                batch = batch.slice(passed)
+                row += passed
+                yield passed
             texts = batch.column(0).to_pylist()
             ids = batch.column(1).to_pylist() if id_column else [None] * len(texts)
             for text, doc_id in zip(texts, ids, strict=True):

@@ -226,3 +226,19 @@ def conll_dir() -> Path:
     if not all((SHARED_CONLL / f"{split}.txt").is_file() for split in ("train", "dev", "test")):
         pytest.skip(f"CoNLL-2003 not found at {SHARED_CONLL} (set NERBATCH_CONLL_DIR)")
     return SHARED_CONLL
+
+
+@pytest.fixture
+def run(tiny_bundle):
+    """annotate() on the tiny bundle's fp32 variant, one thread: run(inputs, output, **options)."""
+    from ner_batch.annotate import AnnotateConfig, annotate
+
+    def run(inputs, output, **options) -> dict:
+        options.setdefault("model", str(tiny_bundle))
+        options.setdefault("variant", "fp32")
+        options.setdefault("threads", 1)
+        return annotate(
+            AnnotateConfig(inputs=[str(i) for i in inputs], output=str(output), **options)
+        )
+
+    return run

@@ -25,7 +25,8 @@ from helpers import (
 )
 
 import ner_batch.annotate as annotate_module
-from ner_batch.annotate import AnnotateConfig, Interrupted, annotate
+import ner_batch.run as run_module
+from ner_batch.annotate import Interrupted
 from ner_batch.bundle import load_bundle
 from ner_batch.errors import InputError, OutputError
 from ner_batch.output import SPAN_SCHEMA, OutputDir
@@ -40,19 +41,6 @@ def fp32_tagger(tiny_bundle):
 @pytest.fixture(scope="module")
 def bundle_id(tiny_bundle):
     return load_bundle(tiny_bundle).bundle_id
-
-
-@pytest.fixture
-def run(tiny_bundle):
-    def run(inputs, output, **options) -> dict:
-        options.setdefault("model", str(tiny_bundle))
-        options.setdefault("variant", "fp32")
-        options.setdefault("threads", 1)
-        return annotate(
-            AnnotateConfig(inputs=[str(i) for i in inputs], output=str(output), **options)
-        )
-
-    return run
 
 
 def manifest_of(out: Path) -> dict:
@@ -555,8 +543,8 @@ def crashing_documents(after: int):
     """annotate's document stream, raising after `after` items (a killed process, in effect)."""
     real = annotate_module.documents
 
-    def documents(files, read):
-        for n, item in enumerate(real(files, read)):
+    def documents(files, read, *start):
+        for n, item in enumerate(real(files, read, *start)):
             if n == after:
                 raise Crash(f"crash after {after} documents")
             yield item
@@ -607,7 +595,7 @@ def test_crash_between_part_and_manifest_leaves_no_duplicates(run, tmp_path, mon
     reference = tmp_path / "reference.parquet"
     run([corpus], reference, **options)
 
-    real_write = annotate_module.write_manifest
+    real_write = run_module.write_manifest
     calls = []
 
     def write_manifest(out, manifest):
@@ -618,7 +606,7 @@ def test_crash_between_part_and_manifest_leaves_no_duplicates(run, tmp_path, mon
 
     out = tmp_path / "out.parquet"
     with monkeypatch.context() as patch:
-        patch.setattr(annotate_module, "write_manifest", write_manifest)
+        patch.setattr(run_module, "write_manifest", write_manifest)
         with pytest.raises(Crash):
             run([corpus], out, **options)
     assert (out / "part-00002.parquet").exists()
@@ -668,8 +656,8 @@ def test_sigterm_commits_and_resumes(run, tmp_path, monkeypatch):
 
     real = annotate_module.documents
 
-    def documents(files, read):
-        for n, item in enumerate(real(files, read)):
+    def documents(files, read, *start):
+        for n, item in enumerate(real(files, read, *start)):
             if n == 10:
                 os.kill(os.getpid(), signal.SIGTERM)
             yield item

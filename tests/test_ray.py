@@ -24,11 +24,13 @@ from test_annotate import Crash, assert_complete, crashing_documents, manifest_o
 
 import ner_batch.annotate as annotate_module
 import ner_batch.ray_engine as ray_engine
+import ner_batch.run as run_module
 from ner_batch.annotate import AnnotateConfig, Interrupted, RayOptions, annotate
 from ner_batch.cli import cli
 from ner_batch.errors import BundleError, InputError, MissingExtraError, NerbatchError
-from ner_batch.ray_engine import RayStopFlag, _ray_error, resume_point
+from ner_batch.ray_engine import RayStopFlag, _ray_error
 from ner_batch.readers import ReadOptions
+from ner_batch.run import resume_point
 
 # Ray Data's DataContext.copy() touches its own deprecated settings.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
@@ -218,7 +220,7 @@ def test_resume_after_a_driver_crash(cluster, run, corpus, tmp_path, monkeypatch
     reference = tmp_path / "reference.parquet"
     complete = run([corpus], reference)
     out = tmp_path / "out.parquet"
-    real_write = annotate_module.write_manifest
+    real_write = run_module.write_manifest
     commits = []
 
     def write_manifest(out, manifest):
@@ -228,7 +230,7 @@ def test_resume_after_a_driver_crash(cluster, run, corpus, tmp_path, monkeypatch
         real_write(out, manifest)
 
     with monkeypatch.context() as patch:
-        patch.setattr(annotate_module, "write_manifest", write_manifest)
+        patch.setattr(run_module, "write_manifest", write_manifest)
         with pytest.raises(Crash):
             run([corpus], out, engine="ray")
     manifest = manifest_of(out)
@@ -250,25 +252,27 @@ def test_one_engine_resumes_the_other(cluster, run, corpus, tmp_path, monkeypatc
     reference = tmp_path / "reference.parquet"
     complete = run([corpus], reference)
     out = tmp_path / "out.parquet"
-    # The local engine stops after 3 parts; Ray goes on from its count (no position recorded).
+    # The local engine stops after 3 parts; Ray goes on from the position it recorded.
     with monkeypatch.context() as patch:
         patch.setattr(annotate_module, "documents", crashing_documents(after=23))
         with pytest.raises(Crash):
             run([corpus], out)
-    assert resume_point(manifest_of(out)) == (0, 0, 21)
+    position = manifest_of(out)["position"]
+    assert position["documents_done"] == 21
+    assert resume_point(manifest_of(out)) == (position["input"], position["items"], 0)
     # Ray gets SIGTERM (as from cron or Airflow) once it has written 10 documents more: it
     # commits what has arrived and stops; the local engine finishes.
-    add_rows = ray_engine._RayRun._add_rows
+    write_batch = ray_engine.write_batch
     added: list[int] = []
 
-    def add_rows_then_sigterm(self, batch):
+    def add_rows_then_sigterm(committer, batch):
         added.append(batch.num_rows)  # after the 21 done documents are dropped
-        add_rows(self, batch)
+        write_batch(committer, batch)
         if sum(added) >= 10:  # the run stops after this batch: no second signal
             os.kill(os.getpid(), signal.SIGTERM)
 
     with monkeypatch.context() as patch:
-        patch.setattr(ray_engine._RayRun, "_add_rows", add_rows_then_sigterm)
+        patch.setattr(ray_engine, "write_batch", add_rows_then_sigterm)
         with pytest.raises(Interrupted, match=r"stopped by SIGTERM after \d+ documents; run the"):
             run([corpus], out, engine="ray")
     done = manifest_of(out)["documents_done"]
