@@ -47,30 +47,28 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
 
         return annotate_ray(config, silent)
     started = time.monotonic()
-    bundle = load_bundle(config.model)
-    tagger = bundle.tagger(
-        config.variant,
-        config.device,
-        max_length=config.max_length,
-        stride=config.stride,
-        threads=config.threads,
-        options=config.tagger_options(),
-    )
-    variant = bundle.resolve_variant(config.variant, config.device)
-    max_length = tagger.window + tagger.encoder.n_special
-    settings = run_settings(config, variant, max_length, tagger.stride)
-    with (
-        prepared_output(config, bundle.bundle_id, settings) as (out, files, manifest),
-        StopFlag() as stop,
-    ):
-        if manifest is None:
-            return complete_summary(out)
-        first, skip, drop = resume_point(manifest)
-        stream = documents(files, config.read, first, skip)
-        with Committer(out, manifest, bundle.bundle_id, config.part_docs, silent) as committer:
-            if not manifest["complete"]:  # else killed before _SUCCESS: only that is left
-                _LocalRun(tagger, committer, config, stop).process(stream, drop)
-            summary = committer.finish()
+    with StopFlag() as stop:  # from the start: a SIGTERM while the bundle loads stops cleanly
+        bundle = load_bundle(config.model)
+        tagger = bundle.tagger(
+            config.variant,
+            config.device,
+            max_length=config.max_length,
+            stride=config.stride,
+            threads=config.threads,
+            options=config.tagger_options(),
+        )
+        variant = bundle.resolve_variant(config.variant, config.device)
+        max_length = tagger.window + tagger.encoder.n_special
+        settings = run_settings(config, variant, max_length, tagger.stride)
+        with prepared_output(config, bundle.bundle_id, settings) as (out, files, manifest):
+            if manifest is None:
+                return complete_summary(out)
+            first, skip, drop = resume_point(manifest)
+            stream = documents(files, config.read, first, skip)
+            with Committer(out, manifest, bundle.bundle_id, config.part_docs, silent) as committer:
+                if not manifest["complete"]:  # else killed before _SUCCESS: only that is left
+                    _LocalRun(tagger, committer, config, stop).process(stream, drop)
+                summary = committer.finish()
     summary["seconds_this_run"] = round(time.monotonic() - started, 2)
     return summary
 
@@ -104,8 +102,13 @@ class _LocalRun:
         """Tag and write the stream after its first `drop` items, committing part by part.
 
         Tokenising and ONNX Runtime both release the GIL, so one chunk's inference overlaps the
-        decoding and writing of the previous one."""
+        decoding and writing of the previous one. Chunks end where `chunk_is_full` says or at a
+        part's end, never elsewhere: on SIGTERM the chunk being read is read to its end, tagged
+        and committed (at most `chunk_docs` documents or `chunk_chars` characters more), so that
+        a resumed run forms the same batches as an uninterrupted one."""
         committer, config = self.committer, self.config
+        if self.stop.signal is not None:  # signalled while the bundle loaded: nothing to commit
+            raise committer.interrupted(self.stop.signal)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerbatch-infer")
         chunk: Chunk = []
         chunk_chars = 0
@@ -120,15 +123,14 @@ class _LocalRun:
                 else:
                     chunk.append((position, item))
                     chunk_chars += len(item.text)
-                part_full = in_part >= config.part_docs
-                stopping = self.stop.signal is not None  # stop soon: tag what we have, commit
+                part_full = in_part >= committer.part_size
                 if chunk and (
                     part_full
-                    or stopping
                     or chunk_is_full(len(chunk), chunk_chars, config.chunk_docs, config.chunk_chars)
                 ):
                     self._submit(executor, chunk)
                     chunk, chunk_chars = [], 0
+                stopping = self.stop.signal is not None and not chunk  # at a chunk bound
                 if part_full or stopping:
                     self._drain()
                     committer.commit()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import click
 
 from . import __version__
 from .choices import DEVICES, ENCODING_ERRORS, ENGINES, INT8_OPS, SEGMENTS, TXT_MODES, VARIANTS
-from .errors import NerbatchError
+from .errors import Interrupted, NerbatchError, OptionError
 
 EXIT_REJECTS = 3
 log = logging.getLogger("ner_batch")
@@ -54,6 +55,10 @@ class NerbatchGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except OptionError as e:  # an option out of range: bad usage, as click's own checks
+            if ctx.meta.get("debug"):
+                raise
+            raise click.UsageError(str(e)) from e
         except NerbatchError as e:
             if ctx.meta.get("debug"):
                 raise
@@ -314,22 +319,35 @@ def export_cli(
 )
 @click.option(
     "--batch-size",
-    type=int,
+    type=click.IntRange(min=1),
     default=32,
     show_default=True,
     help="Windows per inference batch (also capped by --max-batch-tokens).",
 )
 @click.option(
     "--max-batch-tokens",
-    type=int,
+    type=click.IntRange(min=1),
     default=4096,
     show_default=True,
     help="Padded sub-tokens per inference batch at most (long windows make smaller batches).",
 )
-@click.option("--max-length", type=int, help="Window length in sub-tokens [default: bundle's].")
-@click.option("--stride", type=int, help="Overlap of consecutive windows [default: bundle's].")
 @click.option(
-    "--threads", type=int, default=0, show_default=True, help="ONNX Runtime threads (0: all cores)."
+    "--max-length",
+    type=click.IntRange(min=1),
+    help="Window length in sub-tokens, specials included [default: bundle's; at most the "
+    "model's positions].",
+)
+@click.option(
+    "--stride",
+    type=click.IntRange(min=0),
+    help="Overlap of consecutive windows [default: bundle's].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="ONNX Runtime threads (0: all cores).",
 )
 @click.option(
     "--streams",
@@ -378,7 +396,7 @@ def export_cli(
 )
 @click.option(
     "--part-docs",
-    type=int,
+    type=click.IntRange(min=1),
     default=20000,
     show_default=True,
     help="Documents per committed part (the most work a crash redoes).",
@@ -593,7 +611,18 @@ def gold2corpus_cli(gold, out, unit) -> None:
     click.echo(f"wrote {n} {unit}s to {out}")
 
 
+def _stopped_while_starting(signum: int, frame) -> None:
+    raise Interrupted(
+        f"stopped by {signal.Signals(signum).name}; run the same command again to start over "
+        "(annotate resumes)"
+    )
+
+
 def main() -> None:
+    # Until a command installs its own handling (annotate commits and stops), SIGTERM / SIGINT
+    # end the process with one Error: line instead of a bare exit by signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stopped_while_starting)
     cli(prog_name="nerbatch")
 
 

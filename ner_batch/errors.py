@@ -35,6 +35,10 @@ class ExportError(NerbatchError):
     """An exported ONNX variant disagrees with the PyTorch model beyond tolerance."""
 
 
+class OptionError(NerbatchError):
+    """An option's value is out of its range (the CLI exits 2, as for click's own checks)."""
+
+
 class InputError(NerbatchError):
     """An annotate input (file, directory, glob or URI) cannot be used at all."""
 

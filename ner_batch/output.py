@@ -120,13 +120,15 @@ class OutputDir:
             path = self.remote.path if name is None else self.remote.child(name).path
             self.remote.filesystem.create_dir(path, recursive=True)
 
-    def names(self) -> list[str]:
-        """The top-level entries of the output."""
+    def names(self, directory: str | None = None) -> list[str]:
+        """The entries of the output (or of one of its directories, such as `_rejects`)."""
         if self.local:
-            return sorted(p.name for p in self.local.iterdir()) if self.local.is_dir() else []
+            where = self.local / directory if directory else self.local
+            return sorted(p.name for p in where.iterdir()) if where.is_dir() else []
         import pyarrow.fs as pafs
 
-        selector = pafs.FileSelector(self.remote.path, allow_not_found=True)
+        path = self.remote.child(directory).path if directory else self.remote.path
+        selector = pafs.FileSelector(path, allow_not_found=True)
         return sorted(
             i.path.rsplit("/", 1)[-1] for i in self.remote.filesystem.get_file_info(selector)
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import time
@@ -28,8 +29,9 @@ import pyarrow as pa
 
 from . import __version__
 from .choices import ENGINES
-from .errors import InputError, Interrupted, OutputError
+from .errors import InputError, Interrupted, OptionError, OutputError
 from .output import (
+    MANIFEST,
     MANIFEST_FORMAT,
     REJECTS,
     SUCCESS,
@@ -39,7 +41,7 @@ from .output import (
     write_manifest,
     write_rejects,
 )
-from .readers import InputFile, ReadOptions, Reject, expand_inputs
+from .readers import FORMATS, InputFile, ReadOptions, Reject, expand_inputs
 from .storage import local_path
 from .tagger import Span, TaggerOptions
 
@@ -87,58 +89,136 @@ class AnnotateConfig:
         return TaggerOptions(self.batch_size, self.max_batch_tokens, self.segment, self.streams)
 
     def check(self) -> None:
-        """Refuse an unknown engine or reader option before any work (OutputError/InputError
-        carry the message to the CLI's one Error: line)."""
+        """Refuse an option out of its range before any work, naming the range (OptionError).
+        What depends on the bundle (the window against its positions) is checked when the
+        bundle is loaded."""
         if self.engine not in ENGINES:
-            raise InputError(f"unknown engine {self.engine!r}; expected one of {list(ENGINES)}")
+            raise OptionError(f"unknown engine {self.engine!r}; expected one of {list(ENGINES)}")
+        minimum = {
+            "batch_size": 1,
+            "max_batch_tokens": 1,
+            "streams": 1,
+            "part_docs": 1,
+            "chunk_docs": 1,
+            "chunk_chars": 1,
+            "threads": 0,
+            "max_length": 1,
+            "stride": 0,
+        }
+        for name, low in minimum.items():
+            value = getattr(self, name)
+            if value is None and name in ("max_length", "stride"):
+                continue  # the bundle's
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                option = "--" + name.replace("_", "-")
+                raise OptionError(f"{option} must be an integer >= {low}, not {value!r}")
         try:
             self.read.check()
         except ValueError as e:
-            raise InputError(str(e)) from e
+            raise OptionError(str(e)) from e
 
 
 class RunLock:
-    """One run per output: `_lock` holds pid and host; a lock whose process is gone is taken.
+    """One run per output, held in `_lock` (which names the holder's pid and host).
 
-    Locally the lock file is created exclusively (O_EXCL). An object store has no such create, so
-    there the check and the write are two requests: it stops a second run started later, not
-    two started within the same second (cron's and Airflow's own locks cover that).
+    Locally the lock is an flock on `_lock`: the kernel releases it when the holder dies (kill -9
+    included), so a stale file is simply taken, and two runs that start at once on one are
+    serialised by the kernel instead of each checking and then writing. A file that names a live
+    process on this host without being flocked (a run of a version that did not flock) is
+    respected. An object store has no locks: there the check and the write are two requests,
+    which stops a second run started later, not two started within the same second (cron's and
+    Airflow's own locks cover that).
     """
 
     def __init__(self, out: OutputDir):
         self.out = out
+        self.fd: int | None = None
+        self.me = f"{os.getpid()}@{socket.gethostname()}"
 
     def __enter__(self) -> RunLock:
-        me = f"{os.getpid()}@{socket.gethostname()}"
-        for _ in range(2):
-            try:
-                self._create(me)
-            except FileExistsError:
-                holder = (self.out.read_bytes(LOCK) or b"").decode(errors="replace").strip()
-                pid, _, host = holder.partition("@")
-                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-                    log.warning("taking over the lock of a crashed run (pid %s)", pid)
-                    self.out.remove(LOCK)
-                    continue
-                raise OutputError(
-                    f"{self.out} is being written by another annotate run "
-                    f"(pid {pid or '?'} on {host or '?'}); wait for it or stop it"
-                ) from None
-            return self
-        raise OutputError(f"cannot take the lock {self.out.uri(LOCK)}")
-
-    def _create(self, holder: str) -> None:
         if self.out.local:
-            fd = os.open(self.out.local / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            with os.fdopen(fd, "w") as f:
-                f.write(holder)
-        elif self.out.exists(LOCK):
-            raise FileExistsError(LOCK)
+            self._lock_local(self.out.local / LOCK)
         else:
-            self.out.write_bytes(LOCK, holder.encode())
+            self._lock_remote()
+        return self
+
+    def _lock_local(self, path: Path) -> None:
+        import fcntl
+
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise self._held(_read_holder(path, wait=True)) from None
+            # The run that held it may have unlinked the file between our open and our flock
+            # (and a third run created a new one): then our lock is on a dead inode; try again.
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(fd).st_ino:
+                break
+            os.close(fd)
+        try:
+            self._take(fd, path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def _take(self, fd: int, path: Path) -> None:
+        """Under the flock: refuse a live holder of an older kind, else write ourselves in."""
+        holder = _read_holder(path)
+        pid, _, host = holder.partition("@")
+        if holder:
+            if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
+                raise self._held(holder)
+            log.warning("taking over the lock of a stopped run (%s)", holder or "empty lock file")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, self.me.encode(), 0)
+
+    def _held(self, holder: str) -> OutputError:
+        pid, _, host = holder.partition("@")
+        return OutputError(
+            f"{self.out} is being written by another annotate run "
+            f"(pid {pid or '?'} on {host or '?'}); wait for it or stop it"
+        )
+
+    def _lock_remote(self) -> None:
+        holder = (self.out.read_bytes(LOCK) or b"").decode(errors="replace").strip()
+        pid, _, host = holder.partition("@")
+        if holder:
+            if not (host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))):
+                raise self._held(holder)
+            log.warning("taking over the lock of a crashed run (pid %s)", pid)
+        self.out.write_bytes(LOCK, self.me.encode())
 
     def __exit__(self, *exc) -> None:
-        self.out.remove(LOCK)
+        if self.fd is not None:
+            # Unlink while still holding the flock: a run waiting on this inode sees that it is
+            # no longer `_lock` and starts over on a new file.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.out.local / LOCK)
+            os.close(self.fd)
+            self.fd = None
+        else:
+            self.out.remove(LOCK)
+
+
+def _read_holder(path: Path, wait: bool = False) -> str:
+    """The `pid@host` in a lock file ('' when empty or unreadable). With `wait`, give a run that
+    has just taken the lock a moment to write itself in."""
+    for _ in range(20 if wait else 1):
+        try:
+            holder = path.read_bytes().decode(errors="replace").strip()
+        except OSError:
+            holder = ""
+        if holder or not wait:
+            return holder
+        time.sleep(0.05)
+    return ""
 
 
 def _alive(pid: int) -> bool:
@@ -183,13 +263,24 @@ def chunk_is_full(documents: int, chars: int, chunk_docs: int, chunk_chars: int)
 
 
 def run_settings(config: AnnotateConfig, variant: str, max_length: int, stride: int) -> dict:
-    """What an output is bound to: resuming it with other settings would mix two kinds of rows."""
+    """What an output is bound to: resuming it with other settings would mix two kinds of rows.
+
+    The batching settings are among them: dynamic int8 quantisation scales each batch tensor as
+    a whole, so a span's score (and, rarely, its label) depends on which windows share its
+    batch. Batches are formed inside chunks whose bounds follow from these settings and the
+    input alone, and runs commit only at chunk bounds, so a resumed run forms the batches of an
+    uninterrupted one, as long as these do not change."""
     return {
         "variant": variant,
         "max_length": max_length,
         "stride": stride,
         "segment": config.segment,
         "read": asdict(config.read),
+        "batch_size": config.batch_size,
+        "max_batch_tokens": config.max_batch_tokens,
+        "chunk_docs": config.chunk_docs,
+        "chunk_chars": config.chunk_chars,
+        "part_docs": config.part_docs,
     }
 
 
@@ -200,6 +291,13 @@ def input_files(config: AnnotateConfig, out: OutputDir) -> tuple[list[InputFile]
     files = [f for f in files if not _is_within(f.path, out)]
     if not files:
         raise InputError("no input files")
+    for path in skipped:
+        log.info(
+            "skipped %s: not an input format (%s, optionally .gz)",
+            path,
+            ", ".join(sorted(FORMATS)),
+            extra={"event": "skipped_file", "path": path},
+        )
     return files, skipped
 
 
@@ -219,13 +317,50 @@ def _inputs_record(files: list[InputFile]) -> list[dict]:
     return [{"path": f.path, "size": f.size, "mtime": f.mtime} for f in files]
 
 
+# What annotate writes into an output, by name; `--overwrite` removes these and nothing else.
+_PART = r"part-\d{5}\.parquet"
+_OURS = re.compile(
+    rf"({_PART}|_manifest\.json|_SUCCESS|_lock|\.({_PART}|_manifest\.json|_SUCCESS)\.tmp)"
+)
+_OURS_IN_REJECTS = re.compile(rf"{_PART}|\.{_PART}\.tmp")
+
+
+def _foreign_files(out: OutputDir) -> list[str]:
+    """Entries of the output that annotate did not write (by their names; parts only beside a
+    manifest, which every output of ours has from the start of its first run)."""
+    names = out.names()
+    has_manifest = MANIFEST in names
+    foreign = []
+    for name in names:
+        if name == REJECTS:
+            foreign += [
+                f"{REJECTS}/{n}" for n in out.names(REJECTS) if not _OURS_IN_REJECTS.fullmatch(n)
+            ]
+        elif not _OURS.fullmatch(name) or (re.fullmatch(_PART, name) and not has_manifest):
+            foreign.append(name)
+    return foreign
+
+
 def _clear_output(out: OutputDir) -> None:
-    """--overwrite: only our own files (parts, _manifest, _rejects, their temporaries), so that
-    --overwrite on a wrong directory deletes nothing else. The manifest is not read: it may be
-    the corrupt one that --overwrite is meant to get rid of."""
+    """--overwrite: remove what annotate wrote, or refuse, listing them, when the output holds
+    anything else: --overwrite on a wrong directory must not delete a user's files. The
+    manifest is not read: it may be the corrupt one that --overwrite is meant to get rid of."""
+    foreign = _foreign_files(out)
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (
+            f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
+        )
+        raise OutputError(
+            f"{out} holds files that nerbatch annotate did not write ({shown}); --overwrite "
+            "deletes only an annotate output: move them away or choose another output"
+        )
     for name in out.names():
-        if name.startswith(("part-", "_", ".part-", "._")) and name != LOCK:
+        if name != LOCK:
             out.remove(name)
+
+
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp") and bool(_OURS.fullmatch(name))
 
 
 def _check_same_run(out: OutputDir, manifest: dict, inputs: list[dict], bundle_id: str, settings):
@@ -258,7 +393,11 @@ def _check_same_run(out: OutputDir, manifest: dict, inputs: list[dict], bundle_i
 
 
 def _new_manifest(
-    config: AnnotateConfig, bundle_id: str, settings: dict, inputs: list[dict], skipped: list[str]
+    config: AnnotateConfig,
+    bundle_id: str,
+    settings: dict,
+    files: list[InputFile],
+    skipped: list[str],
 ) -> dict:
     return {
         "format": MANIFEST_FORMAT,
@@ -267,10 +406,15 @@ def _new_manifest(
         "variant": settings["variant"],
         "device": config.device,
         "settings": settings,
-        "inputs": inputs,
+        "inputs": _inputs_record(files),
         "skipped_files": skipped,
         "options": {
             k: v for k, v in asdict(config).items() if k not in ("inputs", "output", "overwrite")
+        },
+        "files": {
+            "read": sum(1 for f in files if not f.error),
+            "rejected": sum(1 for f in files if f.error),
+            "skipped": len(skipped),
         },
         "parts": [],
         "documents_done": 0,
@@ -298,7 +442,9 @@ def prepare_run(
         _clear_output(out)
     else:
         manifest = read_manifest(out)
-        if manifest is None and any(name != LOCK for name in out.names()):
+        # Only our lock and temporaries: a run killed before it wrote its first manifest.
+        leftovers = [n for n in out.names() if n != LOCK and not _is_temporary(n)]
+        if manifest is None and leftovers:
             raise OutputError(
                 f"{out} exists, is not empty and is not an annotate output; choose another "
                 "output or pass --overwrite"
@@ -309,9 +455,12 @@ def prepare_run(
         log.info("output is already complete: nothing to do", extra={"event": "noop"})
         return None
     if manifest is None:
-        manifest = _new_manifest(config, bundle_id, settings, inputs, skipped)
+        manifest = _new_manifest(config, bundle_id, settings, files, skipped)
     manifest["runs"] += 1
     out.remove(SUCCESS)
+    # Written now, before any document is read: an output killed at any moment from here on is
+    # one that the same command resumes.
+    write_manifest(out, manifest)
     if manifest["documents_done"]:
         log.info(
             "resuming after %d documents (%d parts)",
@@ -417,9 +566,16 @@ class Committer:
         return self.counts["annotated"] + self.counts["rejected"]
 
     @property
+    def part_size(self) -> int:
+        """Documents of the open part when full. Parts end at multiples of `part_docs` in the
+        input stream, whatever was committed before (a part committed on SIGTERM is short): the
+        bounds of parts, and so of tagging chunks, do not depend on where a run was stopped."""
+        return self.part_docs - self.manifest["documents_done"] % self.part_docs
+
+    @property
     def room(self) -> int:
         """Documents the open part takes before it is full."""
-        return self.part_docs - self.documents_in_part
+        return self.part_size - self.documents_in_part
 
     def _open(self, position: Position | None) -> None:
         if self.part is None:
@@ -535,6 +691,7 @@ class Committer:
             "tokens_per_second": round(self.run_tokens / elapsed, 1) if elapsed > 0 else None,
             "bundle_id": m["bundle_id"],
             "variant": m["variant"],
+            "files": m.get("files"),
         }
         if counts["documents"] != counts["annotated"] + counts["rejected"]:
             raise OutputError(f"accounting mismatch in {self.out}: {counts}")  # a bug if seen

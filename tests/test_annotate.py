@@ -441,10 +441,11 @@ def test_foreign_output_directory_is_refused(run, tmp_path):
     (out / "precious.csv").write_text("keep me")
     with pytest.raises(OutputError, match="is not empty and is not an annotate output"):
         run([corpus], out)
-    summary = run([corpus], out, overwrite=True)
-    assert (out / "precious.csv").read_text() == "keep me"  # overwrite only removes its own files
-    assert (out / "_SUCCESS").exists()
-    assert pq.read_table(out / "part-00000.parquet").num_rows == summary["spans"]
+    # --overwrite deletes an annotate output, never a directory that holds anything else.
+    with pytest.raises(OutputError, match=r"did not write \(precious.csv\); --overwrite deletes"):
+        run([corpus], out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["precious.csv"]
+    assert (out / "precious.csv").read_text() == "keep me"
 
 
 @pytest.mark.parametrize(
@@ -600,7 +601,9 @@ def test_crash_between_part_and_manifest_leaves_no_duplicates(run, tmp_path, mon
 
     def write_manifest(out, manifest):
         calls.append(manifest["documents_done"])
-        if len(calls) == 3:  # the third part is renamed into place, its manifest never written
+        # The first write is the run's initial manifest; the third part is renamed into place,
+        # its manifest never written.
+        if len(calls) == 4:
             raise Crash("killed before the manifest")
         real_write(out, manifest)
 
@@ -666,10 +669,11 @@ def test_sigterm_commits_and_resumes(run, tmp_path, monkeypatch):
     handler = signal.getsignal(signal.SIGTERM)
     with monkeypatch.context() as patch:
         patch.setattr(annotate_module, "documents", documents)
-        with pytest.raises(Interrupted, match="stopped by SIGTERM after 11 documents"):
+        with pytest.raises(Interrupted, match="stopped by SIGTERM after 12 documents"):
             run([corpus], out, **options)
-    # The signal arrives while document 11 is read: what was read is tagged and committed.
-    assert manifest_of(out)["documents_done"] == 11
+    # The signal arrives while document 11 is read: the chunk being read (chunk_docs 4) is read
+    # to its end, tagged and committed, so that a resumed run forms the same batches.
+    assert manifest_of(out)["documents_done"] == 12
     assert signal.getsignal(signal.SIGTERM) == handler  # restored
     run([corpus], out, **options)
     assert_complete(out)

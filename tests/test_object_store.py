@@ -172,7 +172,9 @@ def test_s3_run_resumes_after_a_crash(s3, tiny_bundle, tmp_path, monkeypatch):
 
     def write_manifest(out, manifest):
         calls.append(1)
-        if len(calls) == 3:  # the third part is in place, its manifest never written
+        # The first write is the run's initial manifest; the third part is in place, its
+        # manifest never written.
+        if len(calls) == 4:
             raise Crash("killed before the manifest")
         real_write(out, manifest)
 

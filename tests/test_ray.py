@@ -225,7 +225,9 @@ def test_resume_after_a_driver_crash(cluster, run, corpus, tmp_path, monkeypatch
 
     def write_manifest(out, manifest):
         commits.append(manifest["documents_done"])
-        if len(commits) == 4:  # the fourth part is on disk, its manifest never written
+        # The first write is the run's initial manifest; the fourth part is on disk, its
+        # manifest never written.
+        if len(commits) == 5:
             raise Crash("killed before the manifest")
         real_write(out, manifest)
 

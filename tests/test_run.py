@@ -7,6 +7,9 @@ from __future__ import annotations
 import ast
 import gzip
 import json
+import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -18,8 +21,9 @@ from test_annotate import Crash, assert_complete, crashing_documents, manifest_o
 
 import ner_batch
 import ner_batch.annotate as annotate_module
+import ner_batch.run as run_module
 from ner_batch.annotate import AnnotateConfig, annotate
-from ner_batch.errors import InputError, OutputError
+from ner_batch.errors import OptionError, OutputError
 from ner_batch.output import SPAN_SCHEMA, PartWriter
 from ner_batch.readers import ReadOptions, expand_inputs, read_file
 from ner_batch.tagger import Span
@@ -197,7 +201,7 @@ def test_a_manifest_of_another_format_is_refused(run, tmp_path):
 )
 def test_reader_options_are_checked_before_any_work(run, tmp_path, read, message):
     path = write_txt(tmp_path / "in" / "a.txt", ["John Smith"])
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(OptionError, match=message):
         run([path], tmp_path / "out.parquet", read=read)
     assert not (tmp_path / "out.parquet").exists()
 
@@ -206,7 +210,7 @@ def test_an_unknown_engine_is_refused(tiny_bundle, tmp_path):
     path = write_txt(tmp_path / "in" / "a.txt", ["John Smith"])
     config = AnnotateConfig([str(path)], str(tmp_path / "o"), model=str(tiny_bundle))
     config.engine = "spark"
-    with pytest.raises(InputError, match=r"unknown engine 'spark'; expected one of \['local'"):
+    with pytest.raises(OptionError, match=r"unknown engine 'spark'; expected one of \['local'"):
         annotate(config)
 
 
@@ -271,3 +275,198 @@ def test_the_package_has_no_import_cycles():
         if module not in state:
             visit(module, [])
     assert cycles == []
+
+
+# --- the lock ------------------------------------------------------------------------------------
+
+
+def test_two_runs_on_a_stale_lock_never_both_hold_it(tmp_path, monkeypatch):
+    """50 rounds of two runs starting at once on the lock of a killed run, with a delay between
+    taking the lock and writing it (where a check-then-act take-over lets both in)."""
+    import threading
+
+    from ner_batch.output import OutputDir
+    from ner_batch.run import RunLock
+
+    real_take = RunLock._take
+
+    def slow_take(self, fd, path):
+        time.sleep(0.005)
+        real_take(self, fd, path)
+
+    monkeypatch.setattr(RunLock, "_take", slow_take)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    for _ in range(50):
+        (out / "_lock").write_text(f"{dead.pid}@{socket.gethostname()}")
+        barrier = threading.Barrier(2)
+        held: list[tuple[float, float]] = []
+        refused: list[str] = []
+
+        def contender(barrier=barrier, held=held, refused=refused):
+            barrier.wait()
+            try:
+                with RunLock(OutputDir(out)):
+                    entered = time.monotonic()
+                    time.sleep(0.02)
+                    held.append((entered, time.monotonic()))
+            except OutputError as e:
+                refused.append(str(e))
+
+        threads = [threading.Thread(target=contender) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(held) == 1 and len(refused) == 1, (held, refused)
+        assert "being written by another annotate run" in refused[0]
+        assert not (out / "_lock").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage\x00\xff", b"@", b"123"])
+def test_an_empty_or_unreadable_lock_is_taken(run, tmp_path, content):
+    path = write_txt(tmp_path / "in" / "a.txt", ["John Smith"])
+    out = tmp_path / "out.parquet"
+    out.mkdir()
+    (out / "_lock").write_bytes(content)
+    run([path], out)
+    assert_complete(out)
+
+
+# --- a kill before the first commit; --overwrite ------------------------------------------------
+
+
+def test_a_crash_between_the_first_part_and_its_manifest_resumes(run, tmp_path, monkeypatch):
+    """Default --part-docs: the one part of a small corpus is published, its manifest never
+    written; the same command then finishes (the run's first manifest was written at its start)."""
+    corpus = build_corpus(tmp_path)
+    reference = tmp_path / "reference.parquet"
+    run([corpus], reference)
+    real_write = run_module.write_manifest
+    calls = []
+
+    def write_manifest(out, manifest):
+        calls.append(len(manifest["parts"]))
+        if len(calls) == 2:  # the first part's commit
+            raise Crash("killed before the manifest")
+        real_write(out, manifest)
+
+    out = tmp_path / "out.parquet"
+    with monkeypatch.context() as patch:
+        patch.setattr(run_module, "write_manifest", write_manifest)
+        with pytest.raises(Crash):
+            run([corpus], out)
+    assert (out / "part-00000.parquet").exists() and manifest_of(out)["parts"] == []
+    run([corpus], out)
+    assert_complete(out)
+    assert sorted_rows(out) == sorted_rows(reference)
+
+
+def test_leftovers_of_a_run_killed_before_its_first_manifest_are_resumed(run, tmp_path):
+    path = write_txt(tmp_path / "in" / "a.txt", ["John Smith"])
+    out = tmp_path / "out.parquet"
+    out.mkdir()
+    (out / "_lock").write_text("")
+    (out / "._manifest.json.tmp").write_text("{")
+    (out / ".part-00000.parquet.tmp").write_bytes(b"PAR1")
+    run([path], out)
+    assert_complete(out)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_overwrite_refuses_a_directory_with_foreign_files_and_lists_them(run, tmp_path):
+    path = write_txt(tmp_path / "in" / "a.txt", ["John Smith"])
+    out = tmp_path / "out.parquet"
+    run([path], out)
+    (out / "part-0001.csv").write_text("mine")
+    (out / "_keep_me.txt").write_text("mine")
+    (out / "_rejects").mkdir(exist_ok=True)
+    (out / "_rejects" / "notes.txt").write_text("mine")
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(OutputError) as raised:
+        run([path], out, overwrite=True)
+    assert "_keep_me.txt, _rejects/notes.txt, part-0001.csv" in str(raised.value)
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing deleted
+
+
+def test_overwrite_of_parts_without_a_manifest_is_refused(run, tmp_path):
+    """`part-00000.parquet` alone (another tool's output) is not ours: no manifest names it."""
+    path = write_txt(tmp_path / "in" / "a.txt", ["John Smith"])
+    out = tmp_path / "out.parquet"
+    out.mkdir()
+    (out / "part-00000.parquet").write_bytes(b"PAR1")
+    with pytest.raises(OutputError, match=r"did not write \(part-00000.parquet\)"):
+        run([path], out, overwrite=True)
+
+
+def test_overwrite_replaces_an_annotate_output(run, tmp_path):
+    corpus = build_corpus(tmp_path)
+    write_bad_inputs(corpus / "bad")
+    out = tmp_path / "out.parquet"
+    run([corpus], out, part_docs=5, read=ReadOptions(txt_mode="lines"))
+    assert len(list(out.glob("part-*.parquet"))) > 2 and (out / "_rejects").is_dir()
+    summary = run([corpus], out, overwrite=True)
+    assert summary["parts"] == 1 and sorted(p.name for p in out.glob("part-*")) == [
+        "part-00000.parquet"
+    ]
+    assert_complete(out)
+
+
+# --- options and signals through the CLI ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--batch-size", "0", "0 is not in the range x>=1"),
+        ("--part-docs", "0", "0 is not in the range x>=1"),
+        ("--max-batch-tokens", "0", "0 is not in the range x>=1"),
+        ("--max-length", "0", "0 is not in the range x>=1"),
+        ("--stride", "-1", "-1 is not in the range x>=0"),
+        ("--threads", "-2", "-2 is not in the range x>=0"),
+    ],
+)
+def test_options_out_of_range_are_usage_errors(tiny_bundle, tmp_path, option, value, message):
+    from click.testing import CliRunner
+
+    from ner_batch.cli import cli
+
+    path = write_txt(tmp_path / "in" / "a.txt", ["John Smith"])
+    out = tmp_path / "out.parquet"
+    result = CliRunner().invoke(
+        cli, ["annotate", str(path), str(out), "--model", str(tiny_bundle), option, value]
+    )
+    assert result.exit_code == 2
+    assert message in result.output and option in result.output
+    assert not out.exists()
+
+
+def test_an_option_out_of_range_in_the_library_is_an_option_error(run, tmp_path):
+    path = write_txt(tmp_path / "in" / "a.txt", ["John Smith"])
+    for name in ("batch_size", "part_docs", "max_batch_tokens", "chunk_docs", "streams"):
+        with pytest.raises(OptionError, match=f"--{name.replace('_', '-')} must be an integer"):
+            run([path], tmp_path / "out.parquet", **{name: 0})
+    assert not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.parametrize("after", [0.15, 0.3, 0.6, 1.0])
+def test_sigterm_while_starting_is_one_error_line_and_resumable(tiny_bundle, tmp_path, after):
+    from test_reliability import cli
+
+    path = write_txt(tmp_path / "in" / "a.txt", ["John Smith visited Paris ."] * 50)
+    out = tmp_path / "out.parquet"
+    args = cli("annotate", str(path), str(out), "--model", str(tiny_bundle))
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(after)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    # Else it had finished already (a signal during the interpreter's own exit is its default).
+    if not (out / "_SUCCESS").exists():
+        assert process.returncode == 1, (process.returncode, stderr)
+        assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+        assert "unexpected" not in stderr
+    again = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert_complete(out)
