@@ -148,6 +148,7 @@ def export(
         vocab_size=int(model.config.vocab_size),
         reference=provenance,
         started=started,
+        max_positions=usable_positions(model.config),
     )
 
 
@@ -264,10 +265,13 @@ def write_bundle(
     vocab_size: int,
     reference: dict,
     started: float,
+    max_positions: int | None = None,
 ) -> dict:
     """Write bundle.json beside the staged variant files (`results`: their bundle.json entries,
     sha256 included) and the checkpoint's tokenizer, then move them all into `out` (bundle.json
-    last) and remove the files of variants not exported this time."""
+    last) and remove the files of variants not exported this time. `max_positions`: the longest
+    window the model takes (`usable_positions`), which annotate checks --max-length against;
+    None when unknown (annotate then finds it by running the model)."""
     tokenizer_file = staging / "tokenizer.json"
     shutil.copyfile(checkpoint / "tokenizer.json", tokenizer_file)
     max_length, stride = window
@@ -278,6 +282,7 @@ def write_bundle(
         "scheme": meta.get("scheme", "IOB2"),
         "max_length": max_length,
         "stride": stride,
+        "max_positions": max_positions,
         "tokenizer": {
             "file": "tokenizer.json",
             "sha256": sha256_of(tokenizer_file),
@@ -304,6 +309,23 @@ def write_bundle(
         (out / VARIANT_FILES[variant]).unlink(missing_ok=True)
     staging.rmdir()
     return bundle
+
+
+# Models that number positions from padding_idx + 1 (create_position_ids_from_input_ids), so
+# that pad_token_id + 1 of max_position_embeddings are never used by a token.
+PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"}
+
+
+def usable_positions(config) -> int | None:
+    """The longest input (sub-tokens, specials included) a Hugging Face model config allows:
+    max_position_embeddings (less the padding offset of RoBERTa-style models); None if the
+    config has no such limit."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    if getattr(config, "model_type", None) in PADDING_OFFSET_POSITIONS:
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return positions
 
 
 def _dev_documents(dev: str | Path | None, limit: int | None) -> list[Document] | None:

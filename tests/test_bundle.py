@@ -1,15 +1,23 @@
 """Model bundle integrity: load_bundle and Bundle.tagger refuse a bundle that is missing, of an
-unknown format, corrupt or inconsistent, with a message that says which file and why."""
+unknown format, corrupt, malformed or inconsistent with its model, with a message that says which
+file or field and why; through the real CLI, before any output is written. Also --max-length
+against the model's positions, recorded in bundle.json or found by running the model."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
-from helpers import copy_bundle
+from click.testing import CliRunner
+from helpers import DOCS, copy_bundle, write_txt
 
 from ner_batch.bundle import BUNDLE_FILE, FORMAT_VERSION, load_bundle, sha256_of
+from ner_batch.cli import cli
 from ner_batch.errors import BundleError, NerbatchError
 
 
@@ -159,3 +167,270 @@ def test_shorter_window_gets_a_proportional_stride(tiny_bundle):
     assert (short.window, short.stride) == (14, 4)
     with pytest.raises(NerbatchError, match="stride 20 must be >= 0 and smaller than the window"):
         bundle.tagger(variant="fp32", max_length=16, stride=20)
+
+
+def test_export_records_the_model_positions(tiny_bundle):
+    # tests/conftest.py's tiny BERT has max_position_embeddings=256
+    assert load_bundle(tiny_bundle).max_positions == 256
+
+
+@pytest.mark.parametrize(
+    ("model_type", "positions", "pad", "usable"),
+    [("bert", 512, 0, 512), ("roberta", 514, 1, 512), ("xlm-roberta", 514, 1, 512)],
+)
+def test_usable_positions(model_type, positions, pad, usable):
+    from ner_batch.export import usable_positions
+
+    config = SimpleNamespace(
+        model_type=model_type, max_position_embeddings=positions, pad_token_id=pad
+    )
+    assert usable_positions(config) == usable
+    assert usable_positions(SimpleNamespace(model_type="t5")) is None
+
+
+# Bundle defects through the real CLI with default options (the int8 variant on CPU): exit 1, one
+# `Error:` line naming the bundle, the field and what was expected, and no output written.
+
+
+@pytest.fixture
+def annotate_cli(tmp_path):
+    """annotate_cli(bundle, *options) -> (result, output directory)."""
+    inputs = tmp_path / "inputs"
+    write_txt(inputs / "docs.txt", DOCS)
+    out = tmp_path / "out"
+
+    def invoke(bundle: Path, *options: str):
+        args = ["annotate", str(inputs), str(out), "--model", str(bundle), *options]
+        return CliRunner().invoke(cli, args, catch_exceptions=False), out
+
+    return invoke
+
+
+def assert_refused(result, out: Path, *fragments: str, codes=(1,)) -> str:
+    assert result.exit_code in codes, (result.exit_code, result.output)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("Error: ") and not line.startswith("Error: unexpected"), line
+    for fragment in fragments:
+        assert fragment in line, (fragment, line)
+    assert not out.exists(), "the check must come before any output is written"
+    return line
+
+
+def pop(field: str):
+    def edit(meta):
+        *parents, key = field.split(".")
+        for parent in parents:
+            meta = meta[parent]
+        del meta[key]
+
+    return edit
+
+
+NESTED_FIELDS = [
+    "tokenizer.file",
+    "tokenizer.sha256",
+    "tokenizer.word_shapes",
+    "tokenizer.vocab_size",
+    "variants.int8.file",
+    "variants.int8.sha256",
+    "variants.fp32.sha256",  # not the variant that runs: still a defect, found at once
+]
+
+
+@pytest.mark.parametrize("field", NESTED_FIELDS)
+def test_missing_nested_field_is_named(bundle_copy, annotate_cli, field):
+    edit_meta(bundle_copy, pop(field))
+    result, out = annotate_cli(bundle_copy)
+    assert_refused(result, out, str(bundle_copy / BUNDLE_FILE), f"lacks the field {field!r}")
+
+
+def set_field(field: str, value):
+    def edit(meta):
+        *parents, key = field.split(".")
+        for parent in parents:
+            meta = meta[parent]
+        meta[key] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("labels", "O B-PER I-PER", "field 'labels' is \"O B-PER I-PER\"; expected a non-empty"),
+        ("labels", [], "field 'labels' is []; expected a non-empty list"),
+        ("labels", ["O", 1, "B-PER"], "labels[1] is 1; expected a tag string"),
+        ("labels", ["O", "X-PER", "I-PER"], "labels[1]: tag 'X-PER' has unknown prefix 'X'"),
+        ("labels", ["O", "PER", "I-PER"], "labels[1]: tag 'PER' is not 'O' or PREFIX-TYPE"),
+        ("labels", ["O", "B-PER", "B-PER"], "labels[2] 'B-PER' is listed twice"),
+        ("max_length", 0, "field 'max_length' is 0; expected an integer >= 10"),
+        ("max_length", "32", "field 'max_length' is \"32\"; expected an integer >= 10"),
+        ("max_length", True, "field 'max_length' is true; expected an integer >= 10"),
+        ("stride", -1, "field 'stride' is -1; expected an integer >= 0"),
+        ("stride", 2.5, "field 'stride' is 2.5; expected an integer >= 0"),
+        ("stride", 40, "stride 40 is not smaller than max_length 32"),
+        ("bundle_id", "", "field 'bundle_id' is \"\"; expected a non-empty string"),
+        ("tokenizer", "tokenizer.json", "field 'tokenizer' is \"tokenizer.json\"; expected an"),
+        ("tokenizer.vocab_size", "163", "field 'tokenizer.vocab_size' is \"163\"; expected an"),
+        ("tokenizer.word_shapes", "yes", "field 'tokenizer.word_shapes' is \"yes\"; expected"),
+        ("tokenizer.sha256", "abc", "field 'tokenizer.sha256' is \"abc\"; expected a sha256"),
+        ("tokenizer.file", "../tokenizer.json", "expected a file name in the bundle directory"),
+        ("variants", {}, "field 'variants' is {}; expected an object with an entry per variant"),
+        ("variants", ["fp32"], "field 'variants' is [\"fp32\"]; expected an object"),
+        ("variants.int8", "model.int8.onnx", "field 'variants.int8' is \"model.int8.onnx\""),
+        ("variants.int8.file", None, "field 'variants.int8.file' is null; expected a file name"),
+        ("variants.int8.sha256", 5, "field 'variants.int8.sha256' is 5; expected a sha256"),
+        ("max_positions", 0, "field 'max_positions' is 0; expected an integer >= 10 or null"),
+        ("max_positions", 16, "max_length 32 is longer than max_positions 16"),
+    ],
+)
+def test_malformed_field_is_named(bundle_copy, annotate_cli, field, value, message):
+    edit_meta(bundle_copy, set_field(field, value))
+    result, out = annotate_cli(bundle_copy)
+    assert_refused(result, out, str(bundle_copy / BUNDLE_FILE), message)
+
+
+def test_every_problem_in_one_message(bundle_copy):
+    def edit(meta):
+        meta.update(max_length=0, stride=-1)
+        del meta["tokenizer"]["file"]
+
+    edit_meta(bundle_copy, edit)
+    with pytest.raises(BundleError) as error:
+        load_bundle(bundle_copy)
+    message = str(error.value)
+    assert "'max_length' is 0" in message and "'stride' is -1" in message
+    assert "lacks the field 'tokenizer.file'" in message
+
+
+def test_unknown_variant_names_are_ignored(bundle_copy, annotate_cli):
+    edit_meta(bundle_copy, lambda meta: meta["variants"].update(bf16={"note": "not ours"}))
+    with pytest.raises(BundleError, match=re.escape("'variants.bf16.file'")):
+        load_bundle(bundle_copy)  # an entry still needs a file and a sha256 ...
+    sha = "0" * 64
+    edit_meta(bundle_copy, lambda meta: meta["variants"].update(bf16={"file": "x", "sha256": sha}))
+    result, out = annotate_cli(bundle_copy)  # ... but is never used
+    assert result.exit_code == 0, result.output
+
+
+def test_fewer_labels_than_model_outputs(bundle_copy, annotate_cli):
+    edit_meta(bundle_copy, lambda meta: meta.update(labels=meta["labels"][:-1]))
+    result, out = annotate_cli(bundle_copy)
+    n = len(load_bundle(bundle_copy).labels)
+    assert_refused(
+        result,
+        out,
+        str(bundle_copy),
+        f"the model has {n + 1} output labels but {BUNDLE_FILE} lists {n}",
+        "model.int8.onnx",
+    )
+
+
+def test_more_labels_than_model_outputs(bundle_copy):
+    edit_meta(bundle_copy, lambda meta: meta["labels"].append("B-MISC"))
+    with pytest.raises(BundleError, match="the model has 7 output labels but bundle.json lists 8"):
+        load_bundle(bundle_copy).tagger(variant="fp32", threads=1)
+
+
+def test_stride_that_fits_max_length_but_not_the_window(bundle_copy, annotate_cli):
+    """max_length 32 leaves 30 sub-tokens besides [CLS] and [SEP]: stride 31 is too long."""
+    edit_meta(bundle_copy, lambda meta: meta.update(stride=31))
+    result, out = annotate_cli(bundle_copy)
+    assert_refused(
+        result, out, str(bundle_copy), f"the window in {BUNDLE_FILE} does not fit", "stride 31"
+    )
+
+
+def test_default_window_still_works(bundle_copy, annotate_cli):
+    result, out = annotate_cli(bundle_copy)
+    assert result.exit_code == 0, result.output
+    assert (out / "_SUCCESS").exists()
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["max_positions", "probe"])
+def test_max_length_longer_than_the_model_positions(bundle_copy, annotate_cli, recorded):
+    if not recorded:  # a bundle exported before max_positions was: the probe run finds out
+        edit_meta(bundle_copy, pop("max_positions"))
+    result, out = annotate_cli(bundle_copy, "--max-length", "1024")
+    assert_refused(
+        result,
+        out,
+        "--max-length 1024 is longer than this model's 256 positions",
+        "use at most 256",
+        codes=(1, 2),
+    )
+    for length in ("256", "100"):  # up to the limit is fine, on either path
+        result, out = annotate_cli(bundle_copy, "--max-length", length)
+        assert result.exit_code == 0, result.output
+        shutil.rmtree(out)
+
+
+def test_wrong_recorded_positions_are_caught_by_the_probe(bundle_copy, annotate_cli):
+    edit_meta(bundle_copy, lambda meta: meta.update(max_positions=4096))
+    result, out = annotate_cli(bundle_copy, "--max-length", "1024")
+    assert_refused(result, out, "longer than this model's 256 positions", codes=(1, 2))
+
+
+def test_bundle_max_length_longer_than_the_model_positions(bundle_copy):
+    """An old bundle (no max_positions) whose own window is too long: a bundle error."""
+
+    def edit(meta):
+        del meta["max_positions"]
+        meta.update(max_length=300, stride=50)
+
+    edit_meta(bundle_copy, edit)
+    with pytest.raises(BundleError) as error:
+        load_bundle(bundle_copy).tagger(variant="int8", threads=1)
+    assert "max_length 300 in bundle.json is longer than the model's 256 positions" in str(
+        error.value
+    )
+
+
+class FakeSession:
+    """Just enough of an ort.InferenceSession for the graph and probe checks."""
+
+    def __init__(self, inputs, output_shape, n_labels=7):
+        self.inputs = [SimpleNamespace(name=n, type=t) for n, t in inputs.items()]
+        self.output_shape = output_shape
+        self.n_labels = n_labels
+
+    def get_inputs(self):
+        return self.inputs
+
+    def get_outputs(self):
+        return [SimpleNamespace(name="logits", shape=self.output_shape)]
+
+    def run(self, names, feed, options=None):
+        ids = feed["input_ids"]
+        return [np.zeros((*ids.shape, self.n_labels), dtype=np.float32)]
+
+
+INT64 = "tensor(int64)"
+BERT_INPUTS = {"input_ids": INT64, "attention_mask": INT64, "token_type_ids": INT64}
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"input_ids": INT64}, "model.onnx has no input 'attention_mask'"),
+        ({**BERT_INPUTS, "position_ids": INT64}, "needs an input 'position_ids' that nerbatch"),
+        ({**BERT_INPUTS, "input_ids": "tensor(int32)"}, "takes 'input_ids' as tensor(int32)"),
+    ],
+)
+def test_session_inputs_are_checked(tiny_bundle, inputs, message):
+    bundle = load_bundle(tiny_bundle)
+    with pytest.raises(BundleError, match=re.escape(message)):
+        bundle._check_graph(FakeSession(inputs, ["batch", "sequence", 7]), "model.onnx")
+    bundle._check_graph(FakeSession(BERT_INPUTS, ["batch", "sequence", 7]), "model.onnx")
+    no_types = {"input_ids": INT64, "attention_mask": INT64}
+    bundle._check_graph(FakeSession(no_types, ["batch", "sequence", 7]), "model.onnx")
+
+
+def test_symbolic_label_dimension_is_checked_by_the_probe(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    session = FakeSession(BERT_INPUTS, ["batch", "sequence", "labels"], n_labels=5)
+    bundle._check_graph(session, "model.onnx")  # cannot tell from the graph
+    with pytest.raises(BundleError, match="the model has 5 output labels but bundle.json lists 7"):
+        bundle._check_runs(session, bundle.encoder(), "model.onnx", 32, chosen=False)
