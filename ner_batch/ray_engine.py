@@ -42,16 +42,16 @@ import pyarrow.compute as pc
 
 from .bundle import Bundle, load_bundle
 from .errors import BundleError, InputError, Interrupted, MissingExtraError, NerbatchError
-from .readers import Document, InputFile, ReadOptions, Reject, read_file
+from .readers import Document, InputFile, ReadOptions, Reject, printable, read_file
 from .run import (
     AnnotateConfig,
     Committer,
     StopFlag,
-    chunk_is_full,
     complete_summary,
     prepared_output,
     resume_point,
     run_settings,
+    tag_in_chunks,
 )
 from .storage import is_uri, local_path
 from .tagger import Tagger, TaggerOptions
@@ -287,7 +287,8 @@ def _pipeline(
     todo = [
         {
             "input": index,
-            "path": f.path,
+            # bytes: a file name that is not UTF-8 (surrogate escapes) is no Arrow string
+            "path": f.path.encode("utf-8", "surrogateescape"),
             "format": f.format,
             "size": f.size,
             "mtime": f.mtime,
@@ -407,23 +408,27 @@ def read_documents(files: pa.Table, read: dict, cwd: str) -> Iterator[pa.Table]:
 
 
 def _file_rows(spec: dict, options: ReadOptions, cwd: str) -> Iterator[dict]:
-    given = spec["path"]
+    given = spec["path"].decode("utf-8", "surrogateescape")
     remote = pickle.loads(spec["remote"]) if spec["remote"] is not None else None
     # A worker's working directory is not the driver's: read relative paths from the driver's,
     # and write ids, sources and messages with the path as given, as the local engine does.
     local = given if remote or os.path.isabs(given) else os.path.join(cwd, given)
+    # Readers show paths in their printable form (a name that is not UTF-8 has \xNN escapes).
+    shown, shown_local = printable(given), printable(local)
 
     def row(item: int, doc_id=None, text=None, line=None, reason=None, fatal=None) -> dict:
         if local != given:
-            if doc_id == local or re.fullmatch(re.escape(local) + r":\d+", doc_id or ""):
-                doc_id = given + doc_id[len(local) :]  # <file> or <file>:<line>
-            reason = reason and reason.replace(local, given)
-            fatal = fatal and fatal.replace(local, given)
+            if doc_id == shown_local or re.fullmatch(
+                re.escape(shown_local) + r":\d+", doc_id or ""
+            ):
+                doc_id = shown + doc_id[len(shown_local) :]  # <file> or <file>:<line>
+            reason = reason and reason.replace(shown_local, shown)
+            fatal = fatal and fatal.replace(shown_local, shown)
         return {
             "input": spec["input"],
             "item": item,
             "doc_id": doc_id,
-            "source": given,
+            "source": shown,
             "text": text,
             "line": line,
             "reason": reason,
@@ -433,7 +438,7 @@ def _file_rows(spec: dict, options: ReadOptions, cwd: str) -> Iterator[dict]:
     if not spec["error"] and not remote and not os.path.exists(local):
         yield row(
             spec["skip"],
-            fatal=f"{given}: not found on Ray node {socket.gethostname()}; every node must "
+            fatal=f"{shown}: not found on Ray node {socket.gethostname()}; every node must "
             "read the inputs at the same path (a shared filesystem) or from an object store",
         )
         return
@@ -484,7 +489,8 @@ class TaggerActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
-        tagged = self._tag([r["text"] for r in rows if r["text"] is not None])
+        texts = [r["text"] for r in rows if r["text"] is not None]
+        tagged = tag_in_chunks(self.tagger, texts, self.chunk_docs, self.chunk_chars)
         out = []
         for r in rows:
             text = r.pop("text")
@@ -501,23 +507,6 @@ class TaggerActor:
             ]
             out.append({**r, "tokens": tokens, "spans": spans})
         return pa.Table.from_pylist(out, schema=TAGGED)
-
-    def _tag(self, texts: list[str]) -> Iterator[tuple[int, list]]:
-        """(sub-tokens, spans) of each text, tagged in chunks bounded like the local engine's."""
-        start = 0
-        while start < len(texts):
-            end, chars = start, 0
-            while end < len(texts) and not chunk_is_full(
-                end - start, chars, self.chunk_docs, self.chunk_chars
-            ):
-                chars += len(texts[end])
-                end += 1
-            chunk = texts[start:end]
-            encoded = self.tagger.encoder.encode_batch(chunk)
-            predictions = self.tagger.predict(encoded)
-            for text, enc, prediction in zip(chunk, encoded, predictions, strict=True):
-                yield len(enc), self.tagger.spans(text, prediction)
-            start = end
 
 
 # --- in the driver -------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from .output import (
     write_manifest,
     write_rejects,
 )
-from .readers import FORMATS, InputFile, ReadOptions, Reject, expand_inputs
+from .readers import FORMATS, InputFile, ReadOptions, Reject, expand_inputs, printable
 from .storage import local_path
 from .tagger import Span, TaggerOptions
 
@@ -259,6 +259,31 @@ def chunk_is_full(documents: int, chars: int, chunk_docs: int, chunk_chars: int)
     return documents >= chunk_docs or chars >= chunk_chars
 
 
+def tag_in_chunks(
+    tagger, texts: list[str], chunk_docs: int, chunk_chars: int, part_docs: int | None = None
+) -> Iterator[tuple[int, list[Span]]]:
+    """(sub-tokens, spans) of each text, tagged in the chunks the local engine forms for a
+    stream of these texts: cut by `chunk_is_full`, and at multiples of `part_docs` (where the
+    engine's parts end). The Ray workers and the in-memory API (`ner_batch.load`) tag with it."""
+    start = 0
+    while start < len(texts):
+        end, chars = start, 0
+        stop = (
+            len(texts)
+            if part_docs is None
+            else min(len(texts), (start // part_docs + 1) * part_docs)
+        )
+        while end < stop and not chunk_is_full(end - start, chars, chunk_docs, chunk_chars):
+            chars += len(texts[end])
+            end += 1
+        chunk = texts[start:end]
+        encoded = tagger.encoder.encode_batch(chunk)
+        predictions = tagger.predict(encoded)
+        for text, enc, prediction in zip(chunk, encoded, predictions, strict=True):
+            yield len(enc), tagger.spans(text, prediction)
+        start = end
+
+
 # --- preparing an output -------------------------------------------------------------------------
 
 
@@ -291,14 +316,17 @@ def input_files(config: AnnotateConfig, out: OutputDir) -> tuple[list[InputFile]
     files = [f for f in files if not _is_within(f.path, out)]
     if not files:
         raise InputError("no input files")
-    for path in skipped:
+    return files, skipped
+
+
+def _log_skipped(skipped: list[str]) -> None:
+    for path in map(printable, skipped):
         log.info(
-            "skipped %s: not an input format (%s, optionally .gz)",
+            "%s: skipped, not an input format (%s, optionally .gz)",
             path,
             ", ".join(sorted(FORMATS)),
             extra={"event": "skipped_file", "path": path},
         )
-    return files, skipped
 
 
 def _is_within(path: str, out: OutputDir) -> bool:
@@ -357,6 +385,29 @@ def _clear_output(out: OutputDir) -> None:
     for name in out.names():
         if name != LOCK:
             out.remove(name)
+
+
+def _hold_grown_inputs(manifest: dict, files: list[InputFile]) -> None:
+    """A local input appended to since the output was started (larger, not older) is read up to
+    the size recorded then, as the run that started it read it: its files keep that size and
+    mtime, so the rerun of a complete output is a no-op and a resumed one reads the same bytes.
+    What was appended is not annotated into this output (start another one for it)."""
+    recorded = {i["path"]: i for i in manifest.get("inputs", [])}
+    for file in files:
+        before = recorded.get(file.path)
+        if file.remote is not None or file.error or before is None or before["size"] < 0:
+            continue
+        if file.size > before["size"] and file.mtime >= before["mtime"]:
+            log.warning(
+                "%s grew from %d to %d bytes since this output was started: reading its first "
+                "%d bytes, as the run that started it did",
+                file.display,
+                before["size"],
+                file.size,
+                before["size"],
+                extra={"event": "input_grew", "path": file.display},
+            )
+            file.size, file.mtime = before["size"], before["mtime"]
 
 
 def _is_temporary(name: str) -> bool:
@@ -436,7 +487,6 @@ def prepare_run(
 ) -> dict | None:
     """Under the output's lock: the manifest this run continues (the output's, or a new one),
     or None when the output is already complete and there is nothing to do."""
-    inputs = _inputs_record(files)
     manifest = None
     if config.overwrite:
         _clear_output(out)
@@ -450,7 +500,8 @@ def prepare_run(
                 "output or pass --overwrite"
             )
         if manifest is not None:
-            _check_same_run(out, manifest, inputs, bundle_id, settings)
+            _hold_grown_inputs(manifest, files)
+            _check_same_run(out, manifest, _inputs_record(files), bundle_id, settings)
     if manifest and manifest.get("complete") and out.exists(SUCCESS):
         log.info("output is already complete: nothing to do", extra={"event": "noop"})
         return None
@@ -481,7 +532,10 @@ def prepared_output(
     files, skipped = input_files(config, out)
     make_output_dir(out)
     with RunLock(out):
-        yield out, files, prepare_run(out, config, bundle_id, settings, files, skipped)
+        manifest = prepare_run(out, config, bundle_id, settings, files, skipped)
+        if manifest is not None:
+            _log_skipped(skipped)
+        yield out, files, manifest
 
 
 def complete_summary(out: OutputDir) -> dict:
