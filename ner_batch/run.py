@@ -369,9 +369,9 @@ def _foreign_files(out: OutputDir) -> list[str]:
     return foreign
 
 
-def _clear_output(out: OutputDir) -> None:
-    """--overwrite: remove what annotate wrote, or refuse, listing them, when the output holds
-    anything else: --overwrite on a wrong directory must not delete a user's files. The
+def _refuse_foreign_files(out: OutputDir) -> None:
+    """--overwrite deletes an annotate output only: refuse, listing them, when the output holds
+    anything annotate does not write (a wrong directory must not lose a user's files). The
     manifest is not read: it may be the corrupt one that --overwrite is meant to get rid of."""
     foreign = _foreign_files(out)
     if foreign:
@@ -382,8 +382,21 @@ def _clear_output(out: OutputDir) -> None:
             f"{out} holds files that nerbatch annotate did not write ({shown}); --overwrite "
             "deletes only an annotate output: move them away or choose another output"
         )
+
+
+def _remove_unrecorded(out: OutputDir, manifest: dict) -> None:
+    """Remove our files that `manifest` does not name: every part and reject file of the output
+    that --overwrite replaces, or a part published just before a crash, before its manifest
+    (the resumed run writes it again), and temporaries. Called once the manifest is on disk, so
+    that a kill at any point leaves an output that the same command completes."""
+    parts = {p["file"] for p in manifest["parts"]}
+    rejects = {p["rejects_file"] for p in manifest["parts"] if p.get("rejects_file")}
     for name in out.names():
-        if name != LOCK:
+        if name == REJECTS:
+            for entry in out.names(REJECTS):
+                if f"{REJECTS}/{entry}" not in rejects and _OURS_IN_REJECTS.fullmatch(entry):
+                    out.remove(f"{REJECTS}/{entry}")
+        elif _OURS.fullmatch(name) and name not in parts and name not in (MANIFEST, LOCK, SUCCESS):
             out.remove(name)
 
 
@@ -489,7 +502,7 @@ def prepare_run(
     or None when the output is already complete and there is nothing to do."""
     manifest = None
     if config.overwrite:
-        _clear_output(out)
+        _refuse_foreign_files(out)
     else:
         manifest = read_manifest(out)
         # Only our lock and temporaries: a run killed before it wrote its first manifest.
@@ -510,8 +523,9 @@ def prepare_run(
     manifest["runs"] += 1
     out.remove(SUCCESS)
     # Written now, before any document is read: an output killed at any moment from here on is
-    # one that the same command resumes.
+    # one that the same command resumes (with --overwrite: starts afresh, the old parts unnamed).
     write_manifest(out, manifest)
+    _remove_unrecorded(out, manifest)
     if manifest["documents_done"]:
         log.info(
             "resuming after %d documents (%d parts)",

@@ -395,12 +395,13 @@ def test_changed_input_is_refused_unless_overwrite(run, tmp_path):
     out = tmp_path / "out.parquet"
     run([corpus], out)
     changed = corpus / "plain" / "records.jsonl"
-    with changed.open("a") as f:
-        f.write(json.dumps({"id": "new", "text": "John visited Berlin ."}) + "\n")
+    # Rewritten (an input that only grew is read up to its recorded size instead: test_run.py).
+    lines = changed.read_text().splitlines(keepends=True)
+    changed.write_text("".join(lines[:-2]) + json.dumps({"id": "new", "text": "Berlin ."}) + "\n")
     with pytest.raises(OutputError, match=f"the inputs changed .*e.g. {changed}: "):
         run([corpus], out)
     summary = run([corpus], out, overwrite=True)
-    assert summary["documents"] == len(corpus_documents(corpus)) + 1
+    assert summary["documents"] == len(corpus_documents(corpus)) - 1  # two lines for one
     assert_complete(out)
 
 

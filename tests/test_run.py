@@ -470,3 +470,57 @@ def test_sigterm_while_starting_is_one_error_line_and_resumable(tiny_bundle, tmp
     again = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0, again.stderr
     assert_complete(out)
+
+
+def test_an_input_that_grew_is_read_up_to_its_recorded_size(run, tmp_path, caplog):
+    """Appended to after the output was made: the rerun is a no-op that says so, and a resumed
+    run reads the bytes the first one listed (what was appended goes into another output)."""
+    path = write_jsonl(
+        tmp_path / "in" / "log.jsonl", [{"id": str(i), "text": "Paris"} for i in range(9)]
+    )
+    out = tmp_path / "out.parquet"
+    first = run([path], out)
+    with path.open("a") as f:
+        f.write(json.dumps({"id": "late", "text": "Berlin"}) + "\n")
+    with caplog.at_level("WARNING"):
+        again = run([path], out)
+    assert again["already_complete"] and again["documents"] == first["documents"] == 9
+    assert "grew from" in caplog.text
+    # A partly done output resumes over the recorded bytes only.
+    partial = tmp_path / "partial.parquet"
+    path.write_text("".join(json.dumps({"id": str(i), "text": "Paris"}) + "\n" for i in range(9)))
+    with pytest.raises(Crash), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(annotate_module, "documents", crashing_documents(after=5))
+        run([path], partial, part_docs=4)
+    with path.open("a") as f:
+        f.write(json.dumps({"id": "late", "text": "Berlin"}) + "\n")
+    resumed = run([path], partial, part_docs=4)
+    assert resumed["documents"] == 9
+    assert "late" not in {r["doc_id"] for r in pq.read_table(partial).to_pylist()}
+
+
+def test_overwrite_killed_midway_leaves_an_output_the_same_command_completes(run, tmp_path):
+    corpus = build_corpus(tmp_path)
+    out = tmp_path / "out.parquet"
+    run([corpus], out, part_docs=3)
+    reference = tmp_path / "reference.parquet"
+    run([corpus], reference, part_docs=5)
+    real_remove = run_module.OutputDir.remove
+    calls = []
+
+    def remove(self, name):
+        calls.append(name)
+        if len(calls) == 3:
+            raise Crash("killed while --overwrite removes the old parts")
+        real_remove(self, name)
+
+    with pytest.raises(Crash), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_module.OutputDir, "remove", remove)
+        run([corpus], out, part_docs=5, overwrite=True)
+    assert manifest_of(out)["parts"] == []  # the new run's manifest came first
+    run([corpus], out, part_docs=5)  # the same options, without --overwrite: it resumes
+    assert_complete(out)
+    assert sorted_rows(out) == sorted_rows(reference)
+    assert sorted(p.name for p in out.glob("part-*")) == sorted(
+        p.name for p in reference.glob("part-*")
+    )
