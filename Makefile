@@ -14,7 +14,7 @@ WORK ?= work
 AIRFLOW_VENV ?= .venv-airflow
 SPACY_VENV ?= .venv-spacy
 
-.PHONY: install install-airflow install-spacy demo test test-slow lint benchmark clean
+.PHONY: install install-airflow install-spacy install-browser demo test test-slow lint benchmark clean
 
 install: $(VENV)/.installed
 
@@ -60,8 +60,9 @@ demo: $(BUNDLE)/bundle.json
 	$(BIN)/nerbatch score --model $(BUNDLE) $(DATA)/test.txt --json $(WORK)/score-int8.json
 	$(BIN)/nerbatch gold2corpus $(DATA)/test.txt $(WORK)/test-docs.jsonl --unit document
 	$(BIN)/nerbatch annotate $(WORK)/test-docs.jsonl $(WORK)/test-docs.parquet --model $(BUNDLE) --overwrite
-	$(BIN)/nerbatch score --predictions $(WORK)/test-docs.parquet $(DATA)/test.txt --json $(WORK)/score-end-to-end.json --markdown $(WORK)/score-end-to-end.md
-	@echo "bundle: $(BUNDLE)   try: $(BIN)/nerbatch annotate in/ out.parquet"
+	$(BIN)/nerbatch score --predictions $(WORK)/test-docs.parquet $(DATA)/test.txt --json $(WORK)/score-end-to-end.json --markdown $(WORK)/score-end-to-end.md --html $(WORK)/score.html
+	$(BIN)/nerbatch view $(WORK)/test-docs.parquet --out $(WORK)/view.html
+	@echo "bundle: $(BUNDLE)   look: $(WORK)/view.html and $(WORK)/score.html   try: $(BIN)/nerbatch annotate in/ out.parquet"
 
 # Quality and throughput tables for RUN/BUNDLE (about 10 min here after the demo's training);
 # adds the spaCy row when `make install-spacy` has been run.
@@ -71,7 +72,22 @@ benchmark: $(BUNDLE)/bundle.json
 		$(if $(wildcard $(SPACY_VENV)/.installed),--spacy-python $(SPACY_VENV)/bin/python)
 
 # Exit code 5 means pytest collected no tests: not a failure here.
-test: install install-airflow
+# Headless Chromium for the page test of tests/test_view.py: Debian's chromium package and an emoji
+# font, installed with apt-get where missing (as root, or through sudo without a password). Where
+# that cannot be done this says so and succeeds: the browser test then skips, naming the reason.
+install-browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "install-browser: no apt-get here; install chromium yourself or the browser test skips"; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+		else echo "install-browser: not root; the browser test skips without chromium"; exit 0; fi; \
+		( $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			chromium fonts-noto-color-emoji ) >/dev/null \
+		|| echo "install-browser: apt-get could not install chromium; the browser test skips"; \
+	fi
+
+test: install install-airflow install-browser
 	$(BIN)/pytest -q -m "not slow" || [ $$? -eq 5 ]
 
 test-slow: install install-airflow

@@ -1,5 +1,8 @@
 """What a person reads after `nerbatch score`: a type confusion matrix (with missed and spurious
-entities), the most frequent false positives and negatives in context, and two PNG charts.
+entities), the most frequent false positives and negatives in context, two PNG charts, and the
+HTML page of `score --html` (`html_report`, built with page.py: the tables, the confusion as a
+heat map, training curves, and each error's sentence with gold and predicted entities side by
+side).
 
 Entities are matched by exact token span, as seqeval's strict counting does: the same span with
 another type is a confusion; a gold entity with no prediction on its span is missed; a predicted
@@ -173,3 +176,253 @@ def plot_confusion(confusion: dict, path: str | Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def error_examples(
+    tokens: Sequence[Sequence[str]],
+    gold: Sequence[Sequence[str]],
+    predicted: Sequence[Sequence[str]],
+    errors: dict,
+    context: int = 6,
+) -> dict:
+    """For each error that `top_errors` listed, the sentence of its example (the first where it
+    occurs, as there) cut to `context` words around it, with the gold and the predicted entities
+    of that window: {kind: [{"tokens", "gold": [(type, start, end)], "predicted", "focus":
+    (start, end)}]} in the order of `errors[kind]`, token indices relative to the window."""
+    wanted = {
+        (kind, e["text"], e["type"]): index
+        for kind, entries in errors.items()
+        for index, e in enumerate(entries)
+    }
+    found: dict[str, list] = {kind: [None] * len(entries) for kind, entries in errors.items()}
+    for words, gold_tags, pred_tags in zip(tokens, gold, predicted, strict=True):
+        if not wanted:
+            break
+        gold_set = set(chunks(gold_tags))
+        pred_set = set(chunks(pred_tags))
+        for kind, wrong in (
+            ("false_positives", pred_set - gold_set),
+            ("false_negatives", gold_set - pred_set),
+        ):
+            for label, start, end in sorted(wrong, key=lambda c: (c[1], c[2], c[0])):
+                key = (kind, " ".join(words[start:end]), label)
+                if key not in wanted:
+                    continue
+                index = wanted.pop(key)
+                low, high = max(0, start - context), min(len(words), end + context)
+
+                def inside(spans, low=low, high=high):
+                    return sorted(
+                        (t, s - low, e - low) for t, s, e in spans if s >= low and e <= high
+                    )
+
+                found[kind][index] = {
+                    "tokens": list(words[low:high]),
+                    "gold": inside(gold_set),
+                    "predicted": inside(pred_set),
+                    "focus": (start - low, end - low),
+                }
+    return found
+
+
+def _sentence_html(tokens: Sequence[str], entities, focus, labels) -> str:
+    """Tokens joined by spaces with `entities` [(type, start, end)] (token indices) marked, the
+    one at `focus` outlined."""
+    from .page import Highlight, check_spans, highlight
+
+    starts, ends, position = [], [], 0
+    for token in tokens:
+        starts.append(position)
+        position += len(token)
+        ends.append(position)
+        position += 1
+    text = " ".join(tokens)
+    spans = [
+        Highlight(starts[s], ends[e - 1], t, css="focus" if (s, e) == tuple(focus) else "")
+        for t, s, e in entities
+        if 0 <= s < e <= len(tokens)
+    ]
+    drawable, _ = check_spans(text, spans)  # chunks of one tag sequence never overlap
+    return f'<div class="text">{highlight(text, drawable, labels)}</div>'
+
+
+def _heat(value: int, peak: int) -> str:
+    """Inline style of a heat-map cell: a log colour scale (as the PNG), so that the small
+    off-diagonal counts are visible next to the diagonal."""
+    import math
+
+    alpha = math.log1p(value) / math.log1p(peak) if peak else 0.0
+    colour = "#fff" if alpha > 0.55 else "#111"
+    return f"background:rgba(37,99,235,{alpha:.3f});color:{colour}"
+
+
+def html_report(report: dict, examples: dict | None = None, epochs: list | None = None) -> str:
+    """The score report as one self-contained HTML page: the per-type table (both seqeval modes),
+    the type confusion as a heat map, training curves (`epochs`: the records of a checkpoint's
+    metrics.json) and the error examples, gold and predicted entities side by side."""
+    from .page import Labels, bar, esc, line_chart, page, table
+
+    default, strict = report["default"], report["strict"]
+    types = sorted(set(default["per_type"]) | set(report.get("confusion", {}).get("types", [])))
+    labels = Labels(types)
+    micro = default["micro"]
+    parts = [
+        "<section><h2>Summary</h2>"
+        '<dl class="kv">'
+        f"<dt>predictions</dt><dd>{esc(report.get('source', '-'))}</dd>"
+        f"<dt>gold</dt><dd>{esc(report.get('gold', '-'))}</dd>"
+        f"<dt>micro F1</dt><dd><b>{100 * micro['f1']:.2f}</b> (P {100 * micro['precision']:.2f}, "
+        f"R {100 * micro['recall']:.2f}; strict F1 {100 * strict['micro']['f1']:.2f})</dd>"
+        f"<dt>sentences, tokens</dt><dd>{report['n_sentences']:,}, {report['n_tokens']:,}</dd>"
+        f"<dt>token accuracy</dt><dd>{100 * report['token_accuracy']:.2f}%</dd></dl></section>"
+    ]
+    rows = []
+    named = [
+        (name, v, strict["per_type"].get(name, {"f1": 0.0}), True)
+        for name, v in default["per_type"].items()
+    ]
+    named += [
+        (f"{key} avg", default[key], strict[key], False) for key in ("micro", "macro", "weighted")
+    ]
+    for name, v, s, is_type in named:
+        rows.append(
+            [
+                labels.chip(name) if is_type else f"<b>{esc(name)}</b>",
+                f"{100 * v['precision']:.2f}",
+                f"{100 * v['recall']:.2f}",
+                f"{100 * v['f1']:.2f}",
+                bar(v["f1"], labels.colour[name] if is_type else "#7aa7e0"),
+                f"{100 * s['f1']:.2f}",
+                f"{v['support']:,}",
+            ]
+        )
+    parts.append(
+        "<section><h2>Per type (seqeval default mode; strict IOB2 F1 beside it)</h2>"
+        + table(["type", "precision", "recall", "F1", "", "strict F1", "support"], rows, "num")
+        + "</section>"
+    )
+    confusion = report.get("confusion")
+    if confusion:
+        columns = [*confusion["types"], MISSED]
+        peak = max((v for row in confusion["matrix"].values() for v in row.values()), default=0)
+        head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+        body = "".join(
+            f"<tr><th>{esc(row)}</th>"
+            + "".join(
+                f'<td class="n{" diag" if row == column else ""}" '
+                f'style="{_heat(cells[column], peak)}" title="gold {esc(row)}, predicted '
+                f'{esc(column)}: {cells[column]}">{cells[column]:,}</td>'
+                for column in columns
+            )
+            + "</tr>"
+            for row, cells in confusion["matrix"].items()
+        )
+        parts.append(
+            "<section><h2>Entity type confusion</h2>"
+            '<p class="muted">Rows: gold type (spurious: predicted where gold has no entity on '
+            "that span); columns: predicted type (missed: no prediction on the gold span). Exact "
+            "spans; log colour scale.</p>"
+            f'<table class="heat"><thead><tr><th>gold \\ predicted</th>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></section>"
+        )
+    if epochs:
+        f1 = {
+            "dev F1": [(e.get("epoch"), _percent(e.get("dev_f1"))) for e in epochs],
+            "dev precision": [(e.get("epoch"), _percent(e.get("dev_precision"))) for e in epochs],
+            "dev recall": [(e.get("epoch"), _percent(e.get("dev_recall"))) for e in epochs],
+        }
+        per_type: dict[str, list] = {}
+        for e in epochs:
+            for name, v in (e.get("dev_per_type") or {}).items():
+                per_type.setdefault(name, []).append((e.get("epoch"), _percent(v.get("f1"))))
+        loss = {"training loss": [(e.get("epoch"), e.get("train_loss")) for e in epochs]}
+        charts = [
+            line_chart(f1, "dev precision / recall / F1 (%)", "epoch", "%"),
+            line_chart(loss, "training loss (mean per epoch)", "epoch", "loss"),
+        ]
+        if per_type:
+            charts.append(
+                line_chart(
+                    per_type,
+                    "dev F1 per type (%)",
+                    "epoch",
+                    "%",
+                    colours={t: _darker(labels.colour.get(t, "#888888")) for t in per_type},
+                )
+            )
+        parts.append(
+            '<section><h2>Training curves</h2><div class="grid">'
+            + "".join(charts)
+            + "</div></section>"
+        )
+    errors = report.get("errors") or {}
+    for kind, heading, note in (
+        (
+            "false_positives",
+            "Top false positives",
+            "predicted, not in gold (a wrong type or wrong boundaries count here and as a false "
+            "negative)",
+        ),
+        (
+            "false_negatives",
+            "Top false negatives",
+            "in gold, not predicted with that type and span",
+        ),
+    ):
+        entries = errors.get(kind) or []
+        if not entries:
+            continue
+        found = (examples or {}).get(kind) or [None] * len(entries)
+        rows = []
+        for entry, example in zip(entries, found, strict=False):
+            if example:
+                gold_html = _sentence_html(
+                    example["tokens"], example["gold"], example["focus"], labels
+                )
+                pred_html = _sentence_html(
+                    example["tokens"], example["predicted"], example["focus"], labels
+                )
+            else:
+                gold_html = pred_html = f'<div class="text">{esc(entry["example"])}</div>'
+            rows.append(
+                [
+                    f"<b>{esc(entry['text'])}</b>",
+                    labels.chip(entry["type"])
+                    if entry["type"] in labels.index
+                    else esc(entry["type"]),
+                    f"{entry['count']:,}",
+                    gold_html,
+                    pred_html,
+                ]
+            )
+        parts.append(
+            f'<section><h2>{esc(heading)}</h2><p class="muted">{esc(note)}; one example each, '
+            "the entity outlined.</p>"
+            + table(["entity", "type", "count", "gold", "predicted"], rows, "errors")
+            + "</section>"
+        )
+    style = (
+        labels.css()
+        + "table.heat td{min-width:64px;text-align:center}table.heat td.diag{font-weight:700}"
+        "table.errors{width:100%;table-layout:fixed}table.errors th:nth-child(1){width:15%}"
+        "table.errors th:nth-child(2){width:8%}table.errors th:nth-child(3){width:6%}"
+        "table.errors .text{font-size:14px;line-height:1.8}"
+        "table.num td:nth-child(n+2){text-align:right;font-variant-numeric:tabular-nums}"
+        "table.num td:nth-child(5){text-align:left;min-width:110px}.chart{margin:4px 8px}"
+    )
+    return page(
+        "nerbatch score",
+        f"{report.get('source', '')} on {report.get('gold', '')}",
+        "".join(parts),
+        style=style,
+    )
+
+
+def _percent(value) -> float | None:
+    return None if value is None else 100 * value
+
+
+def _darker(colour: str) -> str:
+    """A darker shade of a #rrggbb label colour, for lines on white."""
+    r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return f"#{int(r * 0.6):02x}{int(g * 0.6):02x}{int(b * 0.6):02x}"
