@@ -25,7 +25,7 @@ import numpy as np
 from .choices import DEFAULT_VARIANT, DEVICES, VARIANTS
 from .conll import split_tag
 from .errors import BundleError, OptionError, SchemeError
-from .features import TextEncoder
+from .features import WORD_RULES, TextEncoder
 from .storage import Remote, copy_to_local, is_uri, local_path, open_remote
 from .tagger import Tagger, TaggerOptions, default_stride
 
@@ -111,9 +111,18 @@ class Bundle:
 
     def encoder(self) -> TextEncoder:
         tokenizer = self.meta["tokenizer"]
-        encoder = TextEncoder(self.path / tokenizer["file"], word_shapes=tokenizer["word_shapes"])
+        rule = tokenizer.get("word_rule", "pre-tokenizer")  # absent in bundles before 0.2
+        if rule not in WORD_RULES:
+            raise BundleError(
+                f"bundle {self.path}: tokenizer.word_rule {rule!r} is not one of {WORD_RULES}"
+            )
+        encoder = TextEncoder(
+            self.path / tokenizer["file"], word_shapes=tokenizer["word_shapes"], word_rule=rule
+        )
         vocab = encoder.tokenizer.get_vocab_size()
-        if vocab != tokenizer["vocab_size"]:
+        # A model may have more embedding rows than its tokenizer has entries (DeBERTa-v3: 128,100
+        # for 128,001), never fewer.
+        if vocab > tokenizer["vocab_size"]:
             raise BundleError(
                 f"bundle {self.path}: tokenizer has {vocab} entries but the model was exported "
                 f"with a vocabulary of {tokenizer['vocab_size']}: tokenizer and model do not match"
@@ -466,7 +475,7 @@ def _check_meta(meta: dict, meta_file: Path) -> None:
     if not problems:
         problems += _window_problems(meta)
     if isinstance(meta.get("labels"), list):
-        problems += _label_problems(meta["labels"])
+        problems += _label_problems(meta["labels"], meta.get("scheme", "IOB2"))
     if problems:
         raise BundleError(f"{meta_file}: " + "; ".join(problems))
 
@@ -481,17 +490,19 @@ def _window_problems(meta: dict) -> list[str]:
     return problems
 
 
-def _label_problems(labels: list) -> list[str]:
-    """Labels are distinct tags, each 'O' or PREFIX-TYPE (the model's output ids, in order)."""
+def _label_problems(labels: list, scheme: str) -> list[str]:
+    """Labels are distinct tags (the model's output ids, in order): each 'O' or PREFIX-TYPE, or,
+    in a bundle of the prefix-less IO scheme, any non-empty name."""
     problems, seen = [], set()
     for i, label in enumerate(labels):
-        if not isinstance(label, str):
+        if not isinstance(label, str) or not label:
             problems.append(f"labels[{i}] is {_show(label)}; expected a tag string")
             continue
-        try:
-            split_tag(label)
-        except SchemeError as e:
-            problems.append(f"labels[{i}]: {e}")
+        if scheme != "IO":
+            try:
+                split_tag(label)
+            except SchemeError as e:
+                problems.append(f"labels[{i}]: {e}")
         if label in seen:
             problems.append(f"labels[{i}] {label!r} is listed twice")
         seen.add(label)

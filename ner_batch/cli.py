@@ -222,7 +222,7 @@ def train_cli(
 
 
 @cli.command("export")
-@click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
+@click.argument("model")
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
@@ -255,6 +255,12 @@ def train_cli(
 )
 @click.option("--max-dev-sentences", type=int, help="Check on at most N dev sentences.")
 @click.option(
+    "--max-length",
+    type=click.IntRange(min=10),
+    help="The bundle's window in sub-tokens [default: the training window; for other models "
+    "their positions, at most 512].",
+)
+@click.option(
     "--int8-ops",
     type=click.Choice(list(INT8_OPS)),
     default="matmul",
@@ -263,23 +269,26 @@ def train_cli(
     "about 20% faster on AVX2 CPUs for about 0.25 F1 (docs/int8.md).",
 )
 def export_cli(
-    checkpoint, out, dev, test, variants, stride, keep_failed, max_dev_sentences, int8_ops
+    model, out, dev, test, variants, stride, keep_failed, max_dev_sentences, max_length, int8_ops
 ) -> None:
-    """Convert a checkpoint into an ONNX model bundle (fp32, int8, fp16), each checked.
+    """Convert MODEL into an ONNX model bundle (fp32, int8, fp16), each variant checked against
+    PyTorch. MODEL: a checkpoint `nerbatch train` wrote, or any Hugging Face token classifier
+    with a fast tokenizer: a directory (`save_pretrained`, a `Trainer` output) or a Hub id.
 
     \b
     Example:
         nerbatch export runs/minilm --out export/minilm
+        nerbatch export dslim/bert-base-NER --out export/bert-base-ner
     """
     from .export import export
 
-    out = out or str(Path("export") / Path(checkpoint).name)
+    out = out or str(Path("export") / Path(model).name)
     wanted = tuple(v.strip() for v in variants.split(",") if v.strip())
     unknown = set(wanted) - set(VARIANTS)
     if unknown:
         raise click.BadParameter(f"unknown variants {sorted(unknown)}", param_hint="--variants")
     bundle = export(
-        checkpoint,
+        model,
         out,
         dev=dev,
         test=test,
@@ -289,6 +298,7 @@ def export_cli(
         max_dev_sentences=max_dev_sentences,
         silent=False,
         int8_ops=int8_ops,
+        max_length=max_length,
     )
     for name, v in bundle["variants"].items():
         f1 = f", dev F1 {100 * v['dev_f1']:.2f}" if "dev_f1" in v else ""
@@ -559,20 +569,45 @@ def annotate_cli(
     help="Write PREFIX.per_type.png and PREFIX.confusion.png [default: beside --markdown].",
 )
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option(
+    "--label-map",
+    help="Model types to gold types, e.g. PERSON=PER,GPE=LOC (types of the same name match "
+    "without it; other types are reported as unmapped and not scored).",
+)
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False),
+    help="Write the report as one HTML page: per-type table, confusion heat map, training "
+    "curves of a checkpoint, error examples with gold and predicted entities side by side.",
+)
 def score_cli(
-    gold, model, predictions, variant, json_path, markdown_path, png_prefix, batch_size
+    gold,
+    model,
+    predictions,
+    variant,
+    json_path,
+    markdown_path,
+    png_prefix,
+    batch_size,
+    label_map,
+    html_path,
 ) -> None:
     """Precision / recall / F1 per entity type against CoNLL GOLD (seqeval default and strict).
 
     \b
     Example:
         nerbatch score --model runs/minilm test.txt --json score.json --markdown score.md
-        nerbatch score --predictions out.parquet test.txt
+        nerbatch score --predictions out.parquet test.txt --html score.html
     """
-    from .score import format_table, score
+    from .score import format_table, parse_label_map, score
 
     if (model is None) == (predictions is None):
         raise click.UsageError("give exactly one of --model or --predictions")
+    try:
+        label_map = parse_label_map(label_map)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--label-map") from e
     report = score(
         gold,
         model=model,
@@ -582,9 +617,106 @@ def score_cli(
         png_prefix=png_prefix,
         variant=variant,
         batch_size=batch_size,
+        label_map=label_map,
+        html_path=html_path,
     )
     click.echo(f"{report['source']} on {gold}")
     click.echo(format_table(report))
+    if report["unmapped_types"]:
+        click.echo(
+            "not scored, types the gold data does not have (map them with --label-map): "
+            + ", ".join(f"{k} ({v} entities)" for k, v in report["unmapped_types"].items())
+        )
+    if html_path:
+        click.echo(f"HTML report: {html_path}")
+
+
+@cli.command("view")
+@click.argument("output")
+@click.option(
+    "--out",
+    "html_path",
+    default="view.html",
+    show_default=True,
+    help="The HTML file to write (a local path or a URI).",
+)
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=50,
+    show_default=True,
+    help="Documents to show, drawn at random among those with entities.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    help="Sample documents with entities of this label (repeat, or PER,LOC); the page's label "
+    "filter starts there [default: all labels].",
+)
+@click.option(
+    "--min-score",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Sample documents with an entity scoring at least this; the page's score filter "
+    "starts there.",
+)
+@click.option(
+    "--query",
+    metavar="TEXT",
+    help="Sample documents with an entity whose text contains TEXT (case-insensitive); fills "
+    "the page's search box.",
+)
+@click.option(
+    "--inputs",
+    multiple=True,
+    help="Where the inputs are now, if they moved since annotate (files, directories, globs or "
+    "URIs; repeat): each recorded input is matched by its longest common path suffix.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Most frequent entities shown per label.",
+)
+def view_cli(output, html_path, sample, seed, labels, min_score, query, inputs, top) -> None:
+    """Write one self-contained HTML page about the annotate OUTPUT: the run (counts, rejects,
+    labels, speed, options), the most frequent entities per label and a sample of documents
+    with their entities highlighted, re-read from the inputs the manifest records.
+
+    \b
+    Example:
+        nerbatch view out.parquet --out view.html
+        nerbatch view out.parquet --label PER --min-score 0.5 --sample 100 --seed 1
+        nerbatch view s3://annotations/ds=2026-11-25 --inputs /mnt/corpus/2026-11-25/
+    """
+    from .view import ViewOptions, view
+
+    options = ViewOptions(
+        sample=sample,
+        seed=seed,
+        labels=tuple(dict.fromkeys(x.strip() for v in labels for x in v.split(",") if x.strip())),
+        min_score=min_score,
+        query=query or None,
+        inputs=tuple(inputs),
+        top=top,
+    )
+    summary = view(output, html_path, options)
+    problems = summary["problems"]
+    click.echo(
+        f"wrote {html_path}: {summary['shown_with_text']} of {summary['sampled']} sampled "
+        "documents shown"
+        + (f" (drawn from {summary['matching']:,} with matching entities)" if sample else "")
+        + f", {summary['spans']:,} spans"
+        + (f"; {len(problems)} problems listed on the page" if problems else "")
+    )
+    for problem in problems[:5]:
+        click.echo(f"  {problem}", err=True)
+    if len(problems) > 5:
+        click.echo(f"  ... and {len(problems) - 5} more", err=True)
 
 
 @cli.command("gold2corpus")

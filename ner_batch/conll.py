@@ -65,6 +65,31 @@ def split_tag(tag: str) -> tuple[str, str]:
     return prefix, label
 
 
+def model_label(label: str) -> tuple[str, str]:
+    """(role, type) of a label of a model's `id2label`, in whatever scheme it was trained:
+    `O` -> ("outside", ""); `B-PER`, `I-PER`, `E-PER`, `S-PER` (and BILOU's `L-`, `U-`) -> the
+    prefix's role in PREFIX_ROLES; a label without a known prefix (`PER`, `LABEL_3`) is a type
+    of its own that continues itself (the IO scheme)."""
+    if label == OUTSIDE:
+        return "outside", ""
+    prefix, sep, kind = label.partition("-")
+    if sep and kind and prefix in PREFIX_ROLES:
+        return PREFIX_ROLES[prefix], kind
+    return "inside", label
+
+
+def label_scheme(labels: Sequence[str]) -> str:
+    """The scheme a model's labels are in: "BIOES", "BILOU", "IOB2" (IOB1 decodes the same
+    way), or "IO" for labels without prefixes."""
+    prefixes = {label.partition("-")[0] for label in labels if model_label(label)[0] != "outside"}
+    prefixes = {p for p in prefixes if p in PREFIX_ROLES}
+    if prefixes & {"E", "S"}:
+        return "BIOES"
+    if prefixes & {"L", "U"}:
+        return "BILOU"
+    return "IOB2" if prefixes else "IO"
+
+
 def chunks(tags: Sequence[str]) -> list[tuple[str, int, int]]:
     """Entity chunks (type, start, end-exclusive) of an IOB2 tag sequence, with lenient repair:
     an I- after O or after another type opens a new chunk (as conlleval does)."""

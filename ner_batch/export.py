@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import BUNDLE_FILE, FORMAT_VERSION, onnx_logits_fn, sha256_of
-from .checkpoint import load_checkpoint, torch_logits_fn
+from .checkpoint import load_checkpoint, torch_logits_fn, usable_positions
 from .choices import DEFAULT_VARIANT, INT8_OPS, VARIANT_FILES
 from .conll import Document, read_conll, sentences_of, token_offsets
 from .errors import ExportError, NerbatchError
@@ -85,8 +85,14 @@ def export(
     max_dev_sentences: int | None = None,
     silent: bool = True,
     int8_ops: str = "matmul",
+    max_length: int | None = None,
 ) -> dict:
     """Export, optimise, quantise, validate; write the bundle and return its bundle.json.
+
+    `checkpoint`: a directory `nerbatch train` wrote, or any Hugging Face token classifier with a
+    fast tokenizer (a `save_pretrained` / `Trainer` directory, or a Hub id). `max_length`: the
+    bundle's window (default: the training window, or for other models their positions, at
+    most 512).
 
     `int8_ops`: what the int8 variant quantizes (INT8_OPS): "matmul" (default, the accurate
     one) or "matmul+attention" (the fused attention's Q/K/V projections as well: about 20%
@@ -94,9 +100,8 @@ def export(
     tolerances = tolerances or Tolerances()
     if int8_ops not in INT8_OPS:
         raise NerbatchError(f"int8_ops must be one of {sorted(INT8_OPS)}, got {int8_ops!r}")
-    checkpoint = Path(checkpoint)
     out = Path(out)
-    model, encoder, meta = load_checkpoint(checkpoint)
+    model, encoder, meta = load_checkpoint(checkpoint, max_length)
     if "fp32" not in variants:
         raise NerbatchError("the fp32 variant is always exported (the others derive from it)")
     dev = dev or _existing(meta.get("config", {}).get("dev"))
@@ -107,7 +112,7 @@ def export(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     started = time.monotonic()
-    files, fused = build_variants(checkpoint, staging, variants, int8_ops)
+    files, fused, inputs = build_variants(checkpoint, staging, variants, int8_ops, encoder)
 
     # Validation: the same tagger code over each backend.
     max_length = meta["max_length"]
@@ -140,10 +145,10 @@ def export(
     return write_bundle(
         out,
         staging,
-        checkpoint,
+        encoder,
         meta,
         validation.variants,
-        graph={"opset": 17, "fused_ops": fused, "inputs": INPUTS, "output": "logits"},
+        graph={"opset": 17, "fused_ops": fused, "inputs": inputs, "output": "logits"},
         window=(max_length, stride),
         vocab_size=int(model.config.vocab_size),
         reference=provenance,
@@ -153,10 +158,16 @@ def export(
 
 
 def build_variants(
-    checkpoint: Path, staging: Path, variants: tuple[str, ...], int8_ops: str = "matmul"
-) -> tuple[dict[str, Path], dict[str, int]]:
-    """Write the ONNX file of each variant into `staging`: fp32 always (the fused graph), int8
-    and fp16 when asked, both derived from it. Returns {variant: file} and the fusion counts."""
+    checkpoint: str | Path,
+    staging: Path,
+    variants: tuple[str, ...],
+    int8_ops: str = "matmul",
+    encoder: TextEncoder | None = None,
+) -> tuple[dict[str, Path], dict[str, int], list[str]]:
+    """Write the ONNX file of each variant into `staging`: fp32 always (ONNX Runtime's
+    transformer fusions where they hold for the architecture, else the plain graph), int8 and
+    fp16 when asked, both derived from it. Returns {variant: file}, the fusion counts and the
+    graph's input names."""
     # Eager attention traces to plain MatMul/Softmax, which ORT's optimizer fuses.
     from transformers import AutoModelForTokenClassification
 
@@ -164,17 +175,17 @@ def build_variants(
         checkpoint, attn_implementation="eager"
     ).eval()
     raw = staging / "model.raw.onnx"
-    _torch_export(export_model, raw)
+    inputs = _torch_export(export_model, raw)
     files = {"fp32": staging / VARIANT_FILES["fp32"]}
-    fused = _optimize(raw, files["fp32"], export_model.config)
+    fused = _optimize(raw, files["fp32"], export_model, inputs, encoder)
     raw.unlink()
     if "int8" in variants:
         files["int8"] = staging / VARIANT_FILES["int8"]
         _quantize(files["fp32"], files["int8"], INT8_OPS[int8_ops])
     if "fp16" in variants:
         files["fp16"] = staging / VARIANT_FILES["fp16"]
-        _to_fp16(files["fp32"], files["fp16"], export_model.config)
-    return files, fused
+        _to_fp16(files["fp32"], files["fp16"], export_model.config, fused_graph=bool(fused))
+    return files, fused, inputs
 
 
 def validate_variants(
@@ -257,7 +268,7 @@ def validate_variants(
 def write_bundle(
     out: Path,
     staging: Path,
-    checkpoint: Path,
+    encoder: TextEncoder,
     meta: dict,
     results: dict[str, dict],
     graph: dict,
@@ -273,7 +284,7 @@ def write_bundle(
     window the model takes (`usable_positions`), which annotate checks --max-length against;
     None when unknown (annotate then finds it by running the model)."""
     tokenizer_file = staging / "tokenizer.json"
-    shutil.copyfile(checkpoint / "tokenizer.json", tokenizer_file)
+    encoder.tokenizer.save(str(tokenizer_file))
     max_length, stride = window
     bundle = {
         "format_version": FORMAT_VERSION,
@@ -289,8 +300,15 @@ def write_bundle(
             "vocab_size": vocab_size,
             "word_shapes": meta["word_shapes"],
             "shapes": meta.get("shapes"),
-            "words": "pre-tokenizer pieces; a word's label is its first sub-token's",
+            "word_rule": encoder.word_rule,
+            "words": (
+                "the transformers pipeline's words"
+                if encoder.word_rule == "pipeline"
+                else "pre-tokenizer pieces"
+            )
+            + "; a word's label is its first sub-token's",
         },
+        "architecture": meta.get("architecture"),
         "base_model": meta.get("base_model"),
         "train_data": meta.get("train_data"),
         "graph": graph,
@@ -309,23 +327,6 @@ def write_bundle(
         (out / VARIANT_FILES[variant]).unlink(missing_ok=True)
     staging.rmdir()
     return bundle
-
-
-# Models that number positions from padding_idx + 1 (create_position_ids_from_input_ids), so
-# that pad_token_id + 1 of max_position_embeddings are never used by a token.
-PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "longformer", "mpnet"}
-
-
-def usable_positions(config) -> int | None:
-    """The longest input (sub-tokens, specials included) a Hugging Face model config allows:
-    max_position_embeddings (less the padding offset of RoBERTa-style models); None if the
-    config has no such limit."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if not isinstance(positions, int):
-        return None
-    if getattr(config, "model_type", None) in PADDING_OFFSET_POSITIONS:
-        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
-    return positions
 
 
 def _dev_documents(dev: str | Path | None, limit: int | None) -> list[Document] | None:
@@ -395,28 +396,60 @@ def _cpu_session(file: Path):
     return onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
 
 
-def _torch_export(model, path: Path) -> None:
+def _torch_export(model, path: Path) -> list[str]:
+    """The model as an ONNX graph taking the inputs its forward has (DistilBERT and DeBERTa
+    without token types have no token_type_ids); returns their names."""
+    import inspect
     import warnings
 
     import torch
 
+    accepted = inspect.signature(model.forward).parameters
+    names = [n for n in INPUTS if n in accepted]
+    if getattr(model.config, "type_vocab_size", 1) == 0 and "token_type_ids" in names:
+        names.remove("token_type_ids")  # DeBERTa-v2/v3: accepted, but no embedding for it
+
+    class Logits(torch.nn.Module):  # positional ONNX inputs -> the model's keyword arguments
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors):
+            return self.model(**dict(zip(names, tensors, strict=True))).logits
+
     example = torch.randint(0, model.config.vocab_size, (2, 16))
-    inputs = (example, torch.ones_like(example), torch.zeros_like(example))
-    axes = {name: {0: "batch", 1: "sequence"} for name in [*INPUTS, "logits"]}
+    tensors = {
+        "input_ids": example,
+        "attention_mask": torch.ones_like(example),
+        "token_type_ids": torch.zeros_like(example),
+    }
+    axes = {name: {0: "batch", 1: "sequence"} for name in [*names, "logits"]}
     with warnings.catch_warnings():
         # The tracer warns about Python bools in attention code paths that do not depend on
         # shapes for an encoder with a padding mask; parity is checked below on real inputs.
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            inputs,
-            str(path),
-            input_names=INPUTS,
-            output_names=["logits"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                Logits().eval(),
+                tuple(tensors[n] for n in names),
+                str(path),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes=axes,
+                opset_version=17,
+                dynamo=False,
+            )
+        except Exception as e:  # broad: the tracer raises many kinds for unsupported code
+            raise ExportError(
+                f"the {type(model).__name__} architecture cannot be exported to ONNX here "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:300]})"
+            ) from e
+    return names
+
+
+# Architectures whose graphs ONNX Runtime's BERT fusions know (Attention, SkipLayerNormalization,
+# BiasGelu, EmbedLayerNormalization); the fused graph is still checked against the plain one.
+FUSABLE = {"bert", "roberta", "xlm-roberta", "camembert", "distilbert", "electra"}
 
 
 def _ort_optimizer(source: Path, config, opt_level: int):
@@ -431,11 +464,37 @@ def _ort_optimizer(source: Path, config, opt_level: int):
     )
 
 
-def _optimize(source: Path, target: Path, config) -> dict:
-    """ORT's BERT fusions (Attention, SkipLayerNormalization, BiasGelu, EmbedLayerNorm)."""
-    optimized = _ort_optimizer(source, config, opt_level=1)
-    optimized.save_model_to_file(str(target))
-    return {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+def _optimize(source: Path, target: Path, model, inputs: list[str], encoder) -> dict:
+    """ORT's BERT fusions where they hold: for an architecture they know (FUSABLE), the fused
+    graph is kept only if its logits equal the plain graph's on a probe batch; otherwise the
+    plain graph is the fp32 variant (ONNX Runtime still applies its generic optimisations when
+    it loads it). Returns the fusion counts ({} for the plain graph)."""
+    if getattr(model.config, "model_type", None) in FUSABLE:
+        try:
+            optimized = _ort_optimizer(source, model.config, opt_level=1)
+            optimized.save_model_to_file(str(target))
+            fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+        except Exception as e:  # broad: the optimizer's pattern matching fails in many ways
+            log.warning("ONNX Runtime's fusions failed (%s): exporting the plain graph", e)
+        else:
+            if _same_logits(source, target, encoder):
+                return fused
+            log.warning(
+                "the fused graph of this %s differs from the plain one: exporting the plain graph",
+                type(model).__name__,
+            )
+    shutil.copyfile(source, target)
+    return {}
+
+
+def _same_logits(plain: Path, fused: Path, encoder) -> bool:
+    if encoder is None:
+        return True
+    probe = probe_batch(encoder, None)
+    a = onnx_logits_fn(_cpu_session(plain))(*probe)
+    b = onnx_logits_fn(_cpu_session(fused))(*probe)
+    mask = probe[1].astype(bool)
+    return a.shape == b.shape and float(np.abs(a - b)[mask].max()) <= 1e-4
 
 
 def _quantize(source: Path, target: Path, op_types: list[str]) -> None:
@@ -457,8 +516,14 @@ def _quantize(source: Path, target: Path, op_types: list[str]) -> None:
     )
 
 
-def _to_fp16(source: Path, target: Path, config) -> None:
-    model = _ort_optimizer(source, config, opt_level=0)
+def _to_fp16(source: Path, target: Path, config, fused_graph: bool = True) -> None:
+    if fused_graph:
+        model = _ort_optimizer(source, config, opt_level=0)
+    else:
+        import onnx
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        model = OnnxModel(onnx.load(str(source)))
     # Inputs stay int64 and logits come out as float32, so callers are the same for all variants.
     model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(target))

@@ -20,6 +20,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 SHAPES = ("lower", "title", "upper", "digit", "mixed", "other")
+# What a word is (each labelled by its first sub-token): see TextEncoder.
+WORD_RULES = ("pre-tokenizer", "pipeline")
 
 
 def word_shape(word: str) -> int:
@@ -63,13 +65,34 @@ class Encoded:
 class TextEncoder:
     """Wraps a `tokenizers.Tokenizer`: text -> Encoded, and the special tokens around a window."""
 
-    def __init__(self, tokenizer: Tokenizer | str | Path, word_shapes: bool = True):
+    def __init__(
+        self,
+        tokenizer: Tokenizer | str | Path,
+        word_shapes: bool = True,
+        word_rule: str = "pre-tokenizer",
+    ):
+        """`word_rule` (WORD_RULES) says what a word is: "pre-tokenizer" pieces (what nerbatch
+        trains on), or "pipeline": the words of the transformers token-classification
+        pipeline, for models trained elsewhere (see `_pipeline_words`)."""
         if not isinstance(tokenizer, Tokenizer):
             tokenizer = Tokenizer.from_file(str(tokenizer))
         tokenizer.no_truncation()
         tokenizer.no_padding()
+        if word_rule not in WORD_RULES:
+            raise ValueError(f"unknown word rule {word_rule!r}; expected one of {WORD_RULES}")
         self.tokenizer = tokenizer
         self.word_shapes = word_shapes
+        self.word_rule = word_rule
+        model = tokenizer.model
+        # WordPiece ("##") and some BPE models mark word-continuing pieces; others do not.
+        self.subword_prefix = getattr(model, "continuing_subword_prefix", None) or None
+        unk = getattr(model, "unk_token", None)
+        self.unk_id = tokenizer.token_to_id(unk) if isinstance(unk, str) else None
+        if self.unk_id is None:
+            self.unk_id = next(
+                (i for t in ("[UNK]", "<unk>") if (i := tokenizer.token_to_id(t)) is not None),
+                None,
+            )
         # Special tokens: whatever the post-processor puts before and after a one-token text.
         with_special = tokenizer.encode("a", add_special_tokens=True).ids
         plain = tokenizer.encode("a", add_special_tokens=False).ids
@@ -95,6 +118,9 @@ class TextEncoder:
             ]
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         encoded = [self._to_encoded(e) for e in encodings]
+        if self.word_rule == "pipeline":
+            for text, enc, encoding in zip(texts, encoded, encodings, strict=True):
+                self._pipeline_words(text, enc, encoding.tokens)
         self._add_text_features(texts, encoded)
         return encoded
 
@@ -145,6 +171,30 @@ class TextEncoder:
         dense = np.cumsum(first) - 1
         type_ids = np.zeros(n, dtype=np.int64)
         return Encoded(ids, type_ids, offsets[:, 0].copy(), offsets[:, 1].copy(), dense, first)
+
+    def _pipeline_words(self, text: str, enc: Encoded, tokens: list[str]) -> None:
+        """Regroup sub-tokens into the words of transformers' token-classification pipeline
+        (`gather_pre_entities`), so that spans of a model trained elsewhere equal the pipeline's:
+        with a continuing-subword prefix ("##"), a piece whose string is longer than its text
+        continues a word; without one (byte-level BPE, SentencePiece), a piece continues a word
+        unless a space (U+0020 only, as there) is just before or at its start. [UNK] always
+        starts a word."""
+        n = len(enc)
+        if not n:
+            return
+        if self.subword_prefix:
+            lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=n)
+            continues = lengths != enc.ends - enc.starts
+        else:
+            space = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32) == 32
+            space = np.concatenate([space, [False]])  # a piece may start at the very end
+            before = np.where(enc.starts > 0, space[np.maximum(enc.starts - 1, 0)], True)
+            continues = (enc.starts > 0) & ~before & ~space[enc.starts]
+        if self.unk_id is not None:
+            continues &= enc.ids != self.unk_id
+        continues[0] = False
+        enc.first = ~continues
+        enc.word_ids = np.cumsum(enc.first) - 1
 
     def _add_text_features(self, texts: Sequence[str], encoded: list[Encoded]) -> None:
         """Word shapes and line breaks of every text, in one vectorised pass over the joined

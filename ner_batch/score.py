@@ -151,12 +151,21 @@ def score(
     png_prefix: str | Path | None = None,
     variant: str = "auto",
     batch_size: int = 64,
+    label_map: dict[str, str] | None = None,
+    html_path: str | Path | None = None,
 ) -> dict:
     """Score a checkpoint or bundle (`model`) or an annotate output (`predictions`) against
     `gold`; write JSON / Markdown / PNG reports where asked and return the report.
 
+    Predicted types are matched to the gold types by name; `label_map` maps others (a model
+    trained on OntoNotes: {"PERSON": "PER", "GPE": "LOC"}). Predicted entities of a type that
+    is neither in the gold data nor mapped are left out of the scores and counted in the
+    report's `unmapped_types`.
+
     `png_prefix` P writes `P.per_type.png` and `P.confusion.png`; by default they go beside the
-    Markdown report (same name without `.md`).
+    Markdown report (same name without `.md`). `html_path` writes one self-contained HTML page:
+    the tables, the confusion heat map, the error examples with gold and predicted entities side
+    by side, and the training curves when `model` is a checkpoint with a metrics.json.
     """
     from .report import markdown_details, plot_confusion, plot_per_type, top_errors, type_confusion
 
@@ -171,7 +180,9 @@ def score(
     else:
         predicted = tags_from_predictions(predictions, documents)
         source = str(predictions)
+    predicted, unmapped = map_types(predicted, gold_tags, label_map or {})
     report = seqeval_report(gold_tags, predicted)
+    report["unmapped_types"] = unmapped
     report["source"] = source
     report["gold"] = str(gold)
     report["confusion"] = type_confusion(gold_tags, predicted)
@@ -199,7 +210,74 @@ def score(
                 f"\n![{name}]({Path(file).name})\n" for name, file in report["charts"].items()
             )
         Path(markdown_path).write_text(text)
+    if html_path:
+        write_html_report(report, html_path, sentences, gold_tags, predicted, model)
     return report
+
+
+def write_html_report(
+    report: dict,
+    html_path: str | Path,
+    sentences: Sequence,
+    gold_tags: list[list[str]],
+    predicted: list[list[str]],
+    model: str | Path | None = None,
+) -> None:
+    """The HTML page of `report`: error examples in context from the sentences, and the training
+    curves of a checkpoint (its metrics.json) when `model` is one."""
+    from .report import error_examples, html_report
+
+    examples = error_examples([s.tokens for s in sentences], gold_tags, predicted, report["errors"])
+    epochs = None
+    metrics = Path(model) / "metrics.json" if model is not None else None
+    if metrics is not None and metrics.is_file():
+        try:
+            epochs = json.loads(metrics.read_text()).get("epochs")
+        except (OSError, ValueError, AttributeError):
+            epochs = None  # an unreadable metrics.json only costs the curves
+    path = Path(html_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html_report(report, examples, epochs), encoding="utf-8")
+
+
+def map_types(
+    predicted: list[list[str]], gold: list[list[str]], label_map: dict[str, str]
+) -> tuple[list[list[str]], dict[str, int]]:
+    """Predicted IOB2 tags with types renamed by `label_map`; tags of a type that is neither in
+    the gold data nor mapped become O. Returns the tags and {unmapped type: entities}."""
+    gold_types = {t[2:] for sentence in gold for t in sentence if t != "O"}
+    unmapped: dict[str, int] = {}
+    mapped = []
+    for sentence in predicted:
+        tags = []
+        for tag in sentence:
+            if tag == "O":
+                tags.append(tag)
+                continue
+            prefix, kind = tag[:2], tag[2:]
+            kind = label_map.get(kind, kind)
+            if kind not in gold_types and kind not in label_map.values():
+                if prefix == "B-":
+                    unmapped[kind] = unmapped.get(kind, 0) + 1
+                tags.append("O")
+            else:
+                tags.append(prefix + kind)
+        mapped.append(tags)
+    return mapped, dict(sorted(unmapped.items()))
+
+
+def parse_label_map(text: str | None) -> dict[str, str]:
+    """`PERSON=PER,GPE=LOC` -> {"PERSON": "PER", "GPE": "LOC"}; raises ValueError naming a bad
+    pair."""
+    pairs = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        source, sep, target = item.partition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise ValueError(f"{item!r} is not MODEL_TYPE=GOLD_TYPE (e.g. PERSON=PER)")
+        pairs[source.strip()] = target.strip()
+    return pairs
 
 
 def load_tagger(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .choices import SEGMENTS
-from .conll import split_tag
+from .conll import model_label
 from .features import Encoded, TextEncoder, best_window, extend_over_marks, windows
 
 # (input_ids, attention_mask, token_type_ids), each (batch, seq) int64 -> (batch, seq, labels)
@@ -41,15 +41,17 @@ class Prediction:
 
 
 class LabelSet:
-    """IOB2 labels in model id order, with the arrays decoding needs."""
+    """A model's labels in id order, with the arrays decoding needs, in any scheme: IOB1/IOB2
+    (B- opens), BIOES/BILOU (S-/U- is a one-word entity, E-/L- closes one) or prefix-less IO."""
 
     def __init__(self, labels: Sequence[str]):
         self.labels = list(labels)
-        parsed = [split_tag(label) for label in self.labels]
+        parsed = [model_label(label) for label in self.labels]
         self.types = sorted({t for _, t in parsed if t})
         index = {t: i for i, t in enumerate(self.types)}
         self.type_of = np.array([index[t] if t else -1 for _, t in parsed], dtype=np.int64)
-        self.is_begin = np.array([p == "B" for p, _ in parsed], dtype=bool)
+        self.is_begin = np.array([r in ("begin", "single") for r, _ in parsed], dtype=bool)
+        self.closes = np.array([r in ("end", "single") for r, _ in parsed], dtype=bool)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -230,7 +232,11 @@ class Tagger:
         if not len(kind):
             return []
         previous = np.concatenate([[-1], kind[:-1]])
-        opens = (kind >= 0) & (self.labels.is_begin[prediction.labels] | (previous != kind))
+        # (n_words,) whether the word before closed its entity (an E- or S- in BIOES)
+        after_close = np.concatenate([[False], self.labels.closes[prediction.labels][:-1]])
+        opens = (kind >= 0) & (
+            self.labels.is_begin[prediction.labels] | (previous != kind) | after_close
+        )
         if prediction.opens_segment is not None:
             opens |= (kind >= 0) & prediction.opens_segment  # entities never cross segments
         chunk = np.cumsum(opens) - 1
@@ -254,8 +260,12 @@ class Tagger:
             # punctuation into a word of its own (so a span may start on one: move past it, and
             # drop a span made only of marks). Spans then never cut a grapheme nor overlap.
             s, e = extend_over_marks(text, s), extend_over_marks(text, e)
-            while s < e and text[s].isspace():  # a mark-only first word may precede a space
+            # Spaces are never part of a span: a mark-only first word may precede one, and
+            # byte-level BPE and SentencePiece pieces ("Ġ", "▁") carry the space before a word.
+            while s < e and text[s].isspace():
                 s += 1
+            while e > s and text[e - 1].isspace():
+                e -= 1
             if s < e:
                 spans.append(Span(s, e, self.labels.types[k], float(p)))
         return spans

@@ -225,6 +225,9 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
             "%d training sentences longer than %d sub-tokens were split", n_split, config.max_length
         )
     check_dev_tags(dev_docs, label2id)
+    if not _takes_token_types(model):  # DistilBERT, DeBERTa-v2/v3: no token type ids
+        for example in train_examples:
+            del example["token_type_ids"]
 
     trainer = DevTrainer(
         model=model,
@@ -276,7 +279,7 @@ def build_model(base: str, labels: list[str], word_shapes: bool):
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
         )
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: an architecture without a token head
         raise NerbatchError(f"cannot load base model {base!r}: {e}") from e
     if not getattr(hf_tokenizer, "is_fast", False):
         raise NerbatchError(f"base model {base!r} has no fast (tokenizers) tokenizer")
@@ -285,6 +288,13 @@ def build_model(base: str, labels: list[str], word_shapes: bool):
         log.warning("base model has no token-type embedding: training without word shapes")
     encoder = TextEncoder(_tokenizer_copy(hf_tokenizer), word_shapes=shaped)
     return model, hf_tokenizer, encoder
+
+
+def _takes_token_types(model) -> bool:
+    import inspect
+
+    accepted = "token_type_ids" in inspect.signature(model.forward).parameters
+    return accepted and getattr(model.config, "type_vocab_size", 1) > 0
 
 
 def check_dev_tags(dev_docs: list[Document], label2id: dict[str, int]) -> None:

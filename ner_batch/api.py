@@ -1,0 +1,79 @@
+"""The in-memory API: tag texts with a bundle in your own process (a notebook, a Spark or Ray UDF).
+
+    import ner_batch
+    tagger = ner_batch.load("export/minilm")
+    tagger(["Angela Merkel visited Paris."])
+    # [[{'start': 0, 'end': 13, 'label': 'PER', 'text': 'Angela Merkel', 'score': 0.99...},
+    #   {'start': 22, 'end': 27, 'label': 'LOC', 'text': 'Paris', 'score': 0.99...}]]
+
+The spans are the rows `nerbatch annotate` writes for the same texts with the same options (one
+JSONL file of them, say): same windows, same batches (so int8 scores too), scores rounded to
+float32 as in the Parquet output. It does not read files, write outputs or resume: that is
+`annotate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+from .bundle import load_bundle
+from .run import AnnotateConfig, tag_in_chunks
+from .tagger import TaggerOptions
+
+
+class Annotator:
+    """A bundle's tagger, called on a list of texts; each text gets a list of span dicts
+    (start, end, label, text, score), in order."""
+
+    def __init__(
+        self,
+        bundle: str,
+        variant: str = "auto",
+        device: str = "cpu",
+        *,
+        max_length: int | None = None,
+        stride: int | None = None,
+        threads: int = 0,
+        options: TaggerOptions | None = None,
+    ):
+        self.bundle = load_bundle(bundle)
+        self.variant = self.bundle.resolve_variant(variant, device)
+        self.tagger = self.bundle.tagger(
+            variant,
+            device,
+            max_length=max_length,
+            stride=stride,
+            threads=threads,
+            options=options,
+        )
+        defaults = AnnotateConfig([], "")  # annotate's chunking, so that batches are the same
+        self.chunk_docs = defaults.chunk_docs
+        self.chunk_chars = defaults.chunk_chars
+        self.part_docs = defaults.part_docs
+
+    def __call__(self, texts: Iterable[str]) -> list[list[dict]]:
+        texts = list(texts)
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise TypeError(f"texts[{bad}] is {type(texts[bad]).__name__}, not str")
+        tagged = tag_in_chunks(
+            self.tagger, texts, self.chunk_docs, self.chunk_chars, self.part_docs
+        )
+        return [
+            [
+                {
+                    "start": s.start,
+                    "end": s.end,
+                    "label": s.label,
+                    "text": text[s.start : s.end],
+                    "score": float(np.float32(s.score)),
+                }
+                for s in spans
+            ]
+            for text, (_, spans) in zip(texts, tagged, strict=True)
+        ]
+
+    def __repr__(self) -> str:
+        return f"Annotator({self.bundle.bundle_id!r}, variant={self.variant!r})"

