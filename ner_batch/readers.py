@@ -115,63 +115,16 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputFile], list[str]]:
     """Files from paths, directories (recursive, sorted) and globs, in a deterministic order.
 
     Returns the files and the paths skipped inside directories for an unknown extension (so the
-    caller can report them; each is logged too); a named file with an unknown extension is an
-    error. What cannot be read is an InputFile with `error` set, which read_file turns into one
-    reject: an entry that cannot be stat-ed, a directory that cannot be listed, and anything
-    that is not a regular file (a FIFO, a device, a socket), which is never opened, because
-    reading it could block the run forever.
+    caller can report them); a named file with an unknown extension is an error. What cannot be
+    read is an InputFile with `error` set, which read_file turns into one reject: an entry that
+    cannot be stat-ed, a directory that cannot be listed, and anything that is not a regular
+    file (a FIFO, a device, a socket), which is never opened, because reading it could block the
+    run forever.
     """
-    files: list[InputFile] = []
-    skipped: list[str] = []
-    seen: set[str] = set()
-
-    def rejected(path: str, fmt: str, error: str) -> None:
-        # size -1 and mtime 0: a FIFO's or a device's times change as others use it, and the
-        # recorded inputs must stay the same for the rerun to resume (or be a no-op).
-        files.append(InputFile(path, fmt, -1, 0.0, error=error))
-        log.warning(
-            "%s: %s; it becomes a reject",
-            printable(path),
-            error,
-            extra={"event": "rejected_file", "path": printable(path), "reason": error},
-        )
-
-    def add(path: str, named: bool) -> None:
-        fmt = file_format(path)
-        if fmt is None:
-            if named:
-                raise InputError(
-                    f"{printable(path)}: unknown input format; expected one of "
-                    f"{sorted(FORMATS)} (optionally .gz)"
-                )
-            skipped.append(path)  # logged by the run once the inputs are accepted
-            return
-        real = os.path.realpath(path)
-        if real in seen:
-            return
-        seen.add(real)
-        try:
-            info = os.stat(path)  # follows links: a link to /dev/zero is a character device
-        except OSError as e:
-            if named:
-                raise InputError(f"{printable(path)}: cannot read: {e.strerror}") from e
-            # A broken link or a link loop inside a directory: reject it, keep the others.
-            rejected(path, fmt, f"cannot read: {e.strerror}")
-            return
-        if not stat.S_ISREG(info.st_mode):
-            rejected(path, fmt, f"not a regular file ({_kind(info.st_mode)})")
-            return
-        files.append(InputFile(path, fmt, info.st_size, info.st_mtime))
-
-    def unreadable_directory(error: OSError) -> None:
-        # The format names no reader: read_file rejects an InputFile with `error` before it
-        # looks for one.
-        path = os.fsdecode(error.filename) if error.filename is not None else "?"
-        rejected(path, "directory", f"cannot read directory: {error.strerror or error}")
-
+    found = _Expansion()
     for given in inputs:
         if is_uri(given):
-            _expand_remote(given, files, skipped)
+            _expand_remote(given, found.files, found.skipped)
             continue
         given = local_path(given)
         if any(c in given for c in "*?[") and not os.path.exists(given):
@@ -180,22 +133,75 @@ def expand_inputs(inputs: Sequence[str]) -> tuple[list[InputFile], list[str]]:
                 raise InputError(f"{printable(given)}: the pattern matches no files")
             for match in matches:
                 if os.path.isdir(match):
-                    _walk(match, add, unreadable_directory)
+                    _walk(match, found.add, found.unreadable_directory)
                 else:
-                    add(match, named=True)
+                    found.add(match, named=True)
         elif os.path.isdir(given):
-            before = len(files)
-            _walk(given, add, unreadable_directory)
-            if len(files) == before:
+            before = len(found.files)
+            _walk(given, found.add, found.unreadable_directory)
+            if len(found.files) == before:
                 raise InputError(
                     f"{printable(given)}: the directory holds no input files "
                     f"({', '.join(sorted(FORMATS))}, optionally .gz)"
                 )
         elif os.path.exists(given):
-            add(given, named=True)
+            found.add(given, named=True)
         else:
             raise InputError(f"{printable(given)}: no such file or directory")
-    return files, skipped
+    return found.files, found.skipped
+
+
+class _Expansion:
+    """The files and skipped paths found so far, each real file once."""
+
+    def __init__(self) -> None:
+        self.files: list[InputFile] = []
+        self.skipped: list[str] = []
+        self.seen: set[str] = set()
+
+    def rejected(self, path: str, fmt: str, error: str) -> None:
+        # size -1 and mtime 0: a FIFO's or a device's times change as others use it, and the
+        # recorded inputs must stay the same for the rerun to resume (or be a no-op).
+        self.files.append(InputFile(path, fmt, -1, 0.0, error=error))
+        log.warning(
+            "%s: %s; it becomes a reject",
+            printable(path),
+            error,
+            extra={"event": "rejected_file", "path": printable(path), "reason": error},
+        )
+
+    def add(self, path: str, named: bool) -> None:
+        fmt = file_format(path)
+        if fmt is None:
+            if named:
+                raise InputError(
+                    f"{printable(path)}: unknown input format; expected one of "
+                    f"{sorted(FORMATS)} (optionally .gz)"
+                )
+            self.skipped.append(path)  # logged by the run once the inputs are accepted
+            return
+        real = os.path.realpath(path)
+        if real in self.seen:
+            return
+        self.seen.add(real)
+        try:
+            info = os.stat(path)  # follows links: a link to /dev/zero is a character device
+        except OSError as e:
+            if named:
+                raise InputError(f"{printable(path)}: cannot read: {e.strerror}") from e
+            # A broken link or a link loop inside a directory: reject it, keep the others.
+            self.rejected(path, fmt, f"cannot read: {e.strerror}")
+            return
+        if not stat.S_ISREG(info.st_mode):
+            self.rejected(path, fmt, f"not a regular file ({_kind(info.st_mode)})")
+            return
+        self.files.append(InputFile(path, fmt, info.st_size, info.st_mtime))
+
+    def unreadable_directory(self, error: OSError) -> None:
+        # The format names no reader: read_file rejects an InputFile with `error` before it
+        # looks for one.
+        path = os.fsdecode(error.filename) if error.filename is not None else "?"
+        self.rejected(path, "directory", f"cannot read directory: {error.strerror or error}")
 
 
 def _kind(mode: int) -> str:

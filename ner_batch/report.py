@@ -260,13 +260,39 @@ def html_report(report: dict, examples: dict | None = None, epochs: list | None 
     """The score report as one self-contained HTML page: the per-type table (both seqeval modes),
     the type confusion as a heat map, training curves (`epochs`: the records of a checkpoint's
     metrics.json) and the error examples, gold and predicted entities side by side."""
-    from .page import Labels, bar, esc, line_chart, page, table
+    from .page import Labels, page
 
-    default, strict = report["default"], report["strict"]
+    default = report["default"]
     types = sorted(set(default["per_type"]) | set(report.get("confusion", {}).get("types", [])))
     labels = Labels(types)
-    micro = default["micro"]
-    parts = [
+    parts = [_summary_html(report), _per_type_html(report, labels)]
+    if report.get("confusion"):
+        parts.append(_confusion_html(report["confusion"]))
+    if epochs:
+        parts.append(_curves_html(epochs, labels))
+    parts += _errors_html(report.get("errors") or {}, examples or {}, labels)
+    style = (
+        labels.css()
+        + "table.heat td{min-width:64px;text-align:center}table.heat td.diag{font-weight:700}"
+        "table.errors{width:100%;table-layout:fixed}table.errors th:nth-child(1){width:15%}"
+        "table.errors th:nth-child(2){width:8%}table.errors th:nth-child(3){width:6%}"
+        "table.errors .text{font-size:14px;line-height:1.8}"
+        "table.num td:nth-child(n+2){text-align:right;font-variant-numeric:tabular-nums}"
+        "table.num td:nth-child(5){text-align:left;min-width:110px}.chart{margin:4px 8px}"
+    )
+    return page(
+        "nerbatch score",
+        f"{report.get('source', '')} on {report.get('gold', '')}",
+        "".join(parts),
+        style=style,
+    )
+
+
+def _summary_html(report: dict) -> str:
+    from .page import esc
+
+    micro, strict = report["default"]["micro"], report["strict"]
+    return (
         "<section><h2>Summary</h2>"
         '<dl class="kv">'
         f"<dt>predictions</dt><dd>{esc(report.get('source', '-'))}</dd>"
@@ -275,8 +301,13 @@ def html_report(report: dict, examples: dict | None = None, epochs: list | None 
         f"R {100 * micro['recall']:.2f}; strict F1 {100 * strict['micro']['f1']:.2f})</dd>"
         f"<dt>sentences, tokens</dt><dd>{report['n_sentences']:,}, {report['n_tokens']:,}</dd>"
         f"<dt>token accuracy</dt><dd>{100 * report['token_accuracy']:.2f}%</dd></dl></section>"
-    ]
-    rows = []
+    )
+
+
+def _per_type_html(report: dict, labels) -> str:
+    from .page import bar, esc, table
+
+    default, strict = report["default"], report["strict"]
     named = [
         (name, v, strict["per_type"].get(name, {"f1": 0.0}), True)
         for name, v in default["per_type"].items()
@@ -284,95 +315,104 @@ def html_report(report: dict, examples: dict | None = None, epochs: list | None 
     named += [
         (f"{key} avg", default[key], strict[key], False) for key in ("micro", "macro", "weighted")
     ]
-    for name, v, s, is_type in named:
-        rows.append(
-            [
-                labels.chip(name) if is_type else f"<b>{esc(name)}</b>",
-                f"{100 * v['precision']:.2f}",
-                f"{100 * v['recall']:.2f}",
-                f"{100 * v['f1']:.2f}",
-                bar(v["f1"], labels.colour[name] if is_type else "#7aa7e0"),
-                f"{100 * s['f1']:.2f}",
-                f"{v['support']:,}",
-            ]
-        )
-    parts.append(
+    rows = [
+        [
+            labels.chip(name) if is_type else f"<b>{esc(name)}</b>",
+            f"{100 * v['precision']:.2f}",
+            f"{100 * v['recall']:.2f}",
+            f"{100 * v['f1']:.2f}",
+            bar(v["f1"], labels.colour[name] if is_type else "#7aa7e0"),
+            f"{100 * s['f1']:.2f}",
+            f"{v['support']:,}",
+        ]
+        for name, v, s, is_type in named
+    ]
+    return (
         "<section><h2>Per type (seqeval default mode; strict IOB2 F1 beside it)</h2>"
         + table(["type", "precision", "recall", "F1", "", "strict F1", "support"], rows, "num")
         + "</section>"
     )
-    confusion = report.get("confusion")
-    if confusion:
-        columns = [*confusion["types"], MISSED]
-        peak = max((v for row in confusion["matrix"].values() for v in row.values()), default=0)
-        head = "".join(f"<th>{esc(c)}</th>" for c in columns)
-        body = "".join(
-            f"<tr><th>{esc(row)}</th>"
-            + "".join(
-                f'<td class="n{" diag" if row == column else ""}" '
-                f'style="{_heat(cells[column], peak)}" title="gold {esc(row)}, predicted '
-                f'{esc(column)}: {cells[column]}">{cells[column]:,}</td>'
-                for column in columns
+
+
+def _confusion_html(confusion: dict) -> str:
+    from .page import esc
+
+    columns = [*confusion["types"], MISSED]
+    peak = max((v for row in confusion["matrix"].values() for v in row.values()), default=0)
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = "".join(
+        f"<tr><th>{esc(row)}</th>"
+        + "".join(
+            f'<td class="n{" diag" if row == column else ""}" '
+            f'style="{_heat(cells[column], peak)}" title="gold {esc(row)}, predicted '
+            f'{esc(column)}: {cells[column]}">{cells[column]:,}</td>'
+            for column in columns
+        )
+        + "</tr>"
+        for row, cells in confusion["matrix"].items()
+    )
+    return (
+        "<section><h2>Entity type confusion</h2>"
+        '<p class="muted">Rows: gold type (spurious: predicted where gold has no entity on '
+        "that span); columns: predicted type (missed: no prediction on the gold span). Exact "
+        "spans; log colour scale.</p>"
+        f'<table class="heat"><thead><tr><th>gold \\ predicted</th>{head}</tr></thead>'
+        f"<tbody>{body}</tbody></table></section>"
+    )
+
+
+def _curves_html(epochs: list, labels) -> str:
+    from .page import line_chart
+
+    f1 = {
+        "dev F1": [(e.get("epoch"), _percent(e.get("dev_f1"))) for e in epochs],
+        "dev precision": [(e.get("epoch"), _percent(e.get("dev_precision"))) for e in epochs],
+        "dev recall": [(e.get("epoch"), _percent(e.get("dev_recall"))) for e in epochs],
+    }
+    per_type: dict[str, list] = {}
+    for e in epochs:
+        for name, v in (e.get("dev_per_type") or {}).items():
+            per_type.setdefault(name, []).append((e.get("epoch"), _percent(v.get("f1"))))
+    loss = {"training loss": [(e.get("epoch"), e.get("train_loss")) for e in epochs]}
+    charts = [
+        line_chart(f1, "dev precision / recall / F1 (%)", "epoch", "%"),
+        line_chart(loss, "training loss (mean per epoch)", "epoch", "loss"),
+    ]
+    if per_type:
+        charts.append(
+            line_chart(
+                per_type,
+                "dev F1 per type (%)",
+                "epoch",
+                "%",
+                colours={t: _darker(labels.colour.get(t, "#888888")) for t in per_type},
             )
-            + "</tr>"
-            for row, cells in confusion["matrix"].items()
         )
-        parts.append(
-            "<section><h2>Entity type confusion</h2>"
-            '<p class="muted">Rows: gold type (spurious: predicted where gold has no entity on '
-            "that span); columns: predicted type (missed: no prediction on the gold span). Exact "
-            "spans; log colour scale.</p>"
-            f'<table class="heat"><thead><tr><th>gold \\ predicted</th>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></section>"
-        )
-    if epochs:
-        f1 = {
-            "dev F1": [(e.get("epoch"), _percent(e.get("dev_f1"))) for e in epochs],
-            "dev precision": [(e.get("epoch"), _percent(e.get("dev_precision"))) for e in epochs],
-            "dev recall": [(e.get("epoch"), _percent(e.get("dev_recall"))) for e in epochs],
-        }
-        per_type: dict[str, list] = {}
-        for e in epochs:
-            for name, v in (e.get("dev_per_type") or {}).items():
-                per_type.setdefault(name, []).append((e.get("epoch"), _percent(v.get("f1"))))
-        loss = {"training loss": [(e.get("epoch"), e.get("train_loss")) for e in epochs]}
-        charts = [
-            line_chart(f1, "dev precision / recall / F1 (%)", "epoch", "%"),
-            line_chart(loss, "training loss (mean per epoch)", "epoch", "loss"),
-        ]
-        if per_type:
-            charts.append(
-                line_chart(
-                    per_type,
-                    "dev F1 per type (%)",
-                    "epoch",
-                    "%",
-                    colours={t: _darker(labels.colour.get(t, "#888888")) for t in per_type},
-                )
-            )
-        parts.append(
-            '<section><h2>Training curves</h2><div class="grid">'
-            + "".join(charts)
-            + "</div></section>"
-        )
-    errors = report.get("errors") or {}
-    for kind, heading, note in (
-        (
-            "false_positives",
-            "Top false positives",
-            "predicted, not in gold (a wrong type or wrong boundaries count here and as a false "
-            "negative)",
-        ),
-        (
-            "false_negatives",
-            "Top false negatives",
-            "in gold, not predicted with that type and span",
-        ),
-    ):
+    return (
+        '<section><h2>Training curves</h2><div class="grid">' + "".join(charts) + "</div></section>"
+    )
+
+
+_ERROR_SECTIONS = (
+    (
+        "false_positives",
+        "Top false positives",
+        "predicted, not in gold (a wrong type or wrong boundaries count here and as a false "
+        "negative)",
+    ),
+    ("false_negatives", "Top false negatives", "in gold, not predicted with that type and span"),
+)
+
+
+def _errors_html(errors: dict, examples: dict, labels) -> list[str]:
+    from .page import esc, table
+
+    sections = []
+    for kind, heading, note in _ERROR_SECTIONS:
         entries = errors.get(kind) or []
         if not entries:
             continue
-        found = (examples or {}).get(kind) or [None] * len(entries)
+        found = examples.get(kind) or [None] * len(entries)
         rows = []
         for entry, example in zip(entries, found, strict=False):
             if example:
@@ -395,27 +435,13 @@ def html_report(report: dict, examples: dict | None = None, epochs: list | None 
                     pred_html,
                 ]
             )
-        parts.append(
+        sections.append(
             f'<section><h2>{esc(heading)}</h2><p class="muted">{esc(note)}; one example each, '
             "the entity outlined.</p>"
             + table(["entity", "type", "count", "gold", "predicted"], rows, "errors")
             + "</section>"
         )
-    style = (
-        labels.css()
-        + "table.heat td{min-width:64px;text-align:center}table.heat td.diag{font-weight:700}"
-        "table.errors{width:100%;table-layout:fixed}table.errors th:nth-child(1){width:15%}"
-        "table.errors th:nth-child(2){width:8%}table.errors th:nth-child(3){width:6%}"
-        "table.errors .text{font-size:14px;line-height:1.8}"
-        "table.num td:nth-child(n+2){text-align:right;font-variant-numeric:tabular-nums}"
-        "table.num td:nth-child(5){text-align:left;min-width:110px}.chart{margin:4px 8px}"
-    )
-    return page(
-        "nerbatch score",
-        f"{report.get('source', '')} on {report.get('gold', '')}",
-        "".join(parts),
-        style=style,
-    )
+    return sections
 
 
 def _percent(value) -> float | None:

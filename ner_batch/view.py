@@ -1155,24 +1155,46 @@ def _write(location: str | Path, text: str) -> None:
         raise OutputError(f"cannot write {location}: {e.strerror or e}") from e
 
 
-def build_view(output: str | Path, options: ViewOptions | None = None) -> tuple[str, dict]:
-    """The page (HTML) for the annotate output at `output` and a summary of what it shows."""
-    options = options or ViewOptions()
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
+def _open_output(output: str | Path) -> tuple[OutputDir, dict, list[str], list[str]]:
+    """(output, its manifest, the parts it names that exist, those that are missing)."""
     out = OutputDir(output)
     if not out.exists():
         raise OutputError(f"{out} does not exist")
     manifest = read_manifest(out)
     if manifest is None:
         raise OutputError(f"{out} is not an annotate output (no {MANIFEST})")
-    complete = out.exists(SUCCESS)
-    problems: list[str] = []
     parts = [p["file"] for p in manifest.get("parts", [])]
-    missing_parts = [p for p in parts if not out.exists(p)]
-    for name in missing_parts:
-        problems.append(f"part {name} is named in the manifest but missing from the output")
-    parts = [p for p in parts if p not in missing_parts]
+    missing = [p for p in parts if not out.exists(p)]
+    return out, manifest, [p for p in parts if p not in missing], missing
+
+
+def _documents_html(sample: list, labels, options: ViewOptions, problems: list[str]) -> list[str]:
+    """The HTML of each sampled document; the spans that cannot be drawn go to `problems`."""
+    documents_html = []
+    for index, doc in enumerate(sample):
+        html_text, doc_problems = _document(index, doc, labels, options)
+        documents_html.append(html_text)
+        for _, span, why in doc_problems:
+            if span is None:
+                continue  # the input's problem, listed once above
+            problems.append(
+                f"document {doc.doc_id} ({doc.source}): {span.label} span [{span.start}, "
+                f"{span.end}) {why}"
+            )
+    return documents_html
+
+
+def build_view(output: str | Path, options: ViewOptions | None = None) -> tuple[str, dict]:
+    """The page (HTML) for the annotate output at `output` and a summary of what it shows."""
+    options = options or ViewOptions()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    out, manifest, parts, missing_parts = _open_output(output)
+    complete = out.exists(SUCCESS)
+    problems = [
+        f"part {name} is named in the manifest but missing from the output"
+        for name in missing_parts
+    ]
 
     result = scan(out, parts, options)
     timings["scan"] = time.perf_counter() - started
@@ -1202,9 +1224,8 @@ def build_view(output: str | Path, options: ViewOptions | None = None) -> tuple[
     for source, status in statuses.items():
         if status.problem:
             problems.append(f"input {source}: {status.note}")
-    for (
-        doc
-    ) in result.sample:  # found its input, not itself in it (the input's own problem is above)
+    # A document whose input was found but that is not in it (an input's own problem is above).
+    for doc in result.sample:
         if doc.text is None and doc.source in statuses and statuses[doc.source].file is not None:
             problems.append(f"document {doc.doc_id}: {doc.note}")
 
@@ -1215,17 +1236,7 @@ def build_view(output: str | Path, options: ViewOptions | None = None) -> tuple[
         + [s.label for d in sample for s in d.spans]
         + list(options.labels)
     )
-    documents_html = []
-    for index, doc in enumerate(sample):
-        html_text, doc_problems = _document(index, doc, labels, options)
-        documents_html.append(html_text)
-        for _, span, why in doc_problems:
-            if span is None:
-                continue  # the input's problem, listed once above
-            problems.append(
-                f"document {doc.doc_id} ({doc.source}): {span.label} span [{span.start}, "
-                f"{span.end}) {why}"
-            )
+    documents_html = _documents_html(sample, labels, options, problems)
     body = (
         _problems_section(problems)
         + _run_section(out, manifest, complete)
