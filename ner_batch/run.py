@@ -146,7 +146,10 @@ class RunLock:
         import fcntl
 
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise OutputError(f"cannot create the lock {path}: {e.strerror or e}") from e
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -336,9 +339,12 @@ def _is_within(path: str, out: OutputDir) -> bool:
 
 
 def make_output_dir(out: OutputDir) -> None:
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} exists and is not a directory; choose another output")
-    out.mkdir()
+    try:
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out} exists and is not a directory; choose another output")
+        out.mkdir()
+    except OSError as e:  # a read-only place, a path through a file, a vanished mount, ...
+        raise OutputError(f"cannot create the output {out}: {e.strerror or e}") from e
 
 
 def _inputs_record(files: list[InputFile]) -> list[dict]:

@@ -524,3 +524,19 @@ def test_overwrite_killed_midway_leaves_an_output_the_same_command_completes(run
     assert sorted(p.name for p in out.glob("part-*")) == sorted(
         p.name for p in reference.glob("part-*")
     )
+
+
+def test_an_output_that_cannot_be_created_is_one_clear_error(tiny_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from ner_batch.cli import cli
+
+    path = write_txt(tmp_path / "in" / "a.txt", ["John Smith"])
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a directory")
+    result = CliRunner().invoke(
+        cli, ["annotate", str(path), str(blocker / "out.parquet"), "--model", str(tiny_bundle)]
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cannot create the output ")
+    assert "unexpected" not in result.output
