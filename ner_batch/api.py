@@ -6,10 +6,10 @@
     # [[{'start': 0, 'end': 13, 'label': 'PER', 'text': 'Angela Merkel', 'score': 0.99...},
     #   {'start': 22, 'end': 27, 'label': 'LOC', 'text': 'Paris', 'score': 0.99...}]]
 
-The spans are the rows `nerbatch annotate` writes for the same texts with the same options (one
-JSONL file of them, say): same windows, same batches (so int8 scores too), scores rounded to
-float32 as in the Parquet output. It does not read files, write outputs or resume: that is
-`annotate`.
+The spans are the rows `nerbatch annotate` writes for the same texts with the same tagger
+options and the default `--part-docs`, as one JSONL file of them without rejects: same windows,
+same batches (so int8 scores too), scores rounded to float32 as in the Parquet output. It does
+not read files, write outputs or resume: that is `annotate`.
 """
 
 from __future__ import annotations

@@ -89,7 +89,10 @@ class Bundle:
                 self._fetch(name, expected)
             if not file.is_file():
                 raise BundleError(f"bundle {self.path} is missing {name}")
-            actual = sha256_of(file)
+            try:
+                actual = sha256_of(file)
+            except OSError as e:
+                raise BundleError(f"cannot read {file}: {e.strerror or e}") from e
             if actual != expected:
                 raise BundleError(
                     f"bundle {self.path}: {name} does not match its checksum in {BUNDLE_FILE} "
@@ -116,9 +119,15 @@ class Bundle:
             raise BundleError(
                 f"bundle {self.path}: tokenizer.word_rule {rule!r} is not one of {WORD_RULES}"
             )
-        encoder = TextEncoder(
-            self.path / tokenizer["file"], word_shapes=tokenizer["word_shapes"], word_rule=rule
-        )
+        try:
+            encoder = TextEncoder(
+                self.path / tokenizer["file"], word_shapes=tokenizer["word_shapes"], word_rule=rule
+            )
+        except Exception as e:  # broad: tokenizers raises a bare Exception for a bad file
+            raise BundleError(
+                f"bundle {self.path}: {tokenizer['file']} is not a tokenizers file: "
+                f"{' '.join(str(e).split())[:200]}"
+            ) from e
         vocab = encoder.tokenizer.get_vocab_size()
         # A model may have more embedding rows than its tokenizer has entries (DeBERTa-v3: 128,100
         # for 128,001), never fewer.
@@ -375,8 +384,10 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{path} is not a model bundle: it has no {BUNDLE_FILE}")
     try:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BundleError(f"{meta_file} is not valid JSON: {e}") from e
+    except OSError as e:
+        raise BundleError(f"cannot read {meta_file}: {e.strerror or e}") from e
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION:
         raise BundleError(

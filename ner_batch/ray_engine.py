@@ -7,11 +7,13 @@ then runs
     input files ──▶ read (tasks) ──▶ tag (actor pool, one ONNX Runtime session per actor) ──▶ driver
 
 and the driver writes what comes back, in input order, with the local engine's part writer and
-manifest. Reading calls `readers.read_file` and tagging the bundle's `Tagger`, so the rows are
-the local engine's; committing through the run core's `Committer` (run.py) keeps its contract (a
-part is named in the manifest only once it is on disk; `_SUCCESS` last), and an output started by
-one engine can be resumed by the other: both record where the committed documents end (input file
-and item in it) and start reading there.
+manifest. Reading calls `readers.read_file` and tagging the bundle's `Tagger`, so the fp32 rows
+are the local engine's (quantised variants scale each batch as a whole, and Ray Data forms its
+own batches: their rows differ slightly, and the output is bound to the engine); committing
+through the run core's `Committer` (run.py) keeps its contract (a part is named in the manifest
+only once it is on disk; `_SUCCESS` last), and an fp32 output started by one engine can be
+resumed by the other: both record where the committed documents end (input file and item in it)
+and start reading there.
 
 Failures: Ray restarts an actor whose process dies and retries its batch (a few times, not
 forever: a document that kills every actor must stop the run, not loop); a failure that outlives

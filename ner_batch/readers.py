@@ -372,7 +372,9 @@ def read_file(file: InputFile, options: ReadOptions, skip: int = 0) -> Iterator[
                 continue
             count += 1
             yield item
-    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+    # ValueError/OverflowError: a Parquet value pyarrow cannot turn into Python (a timestamp id
+    # out of range); the rest of that file is unreadable like after an I/O error.
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, OverflowError) as e:
         if count >= skip:  # else a resumed run: this reject was committed before
             # strerror, not str(e): the latter repeats the file name, which `source` holds.
             detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
@@ -585,7 +587,9 @@ def _read_parquet(
         group, row = 0, 0
         while group < parquet.num_row_groups:
             rows_in_group = parquet.metadata.row_group(group).num_rows
-            if row + rows_in_group > skip:
+            # A group that ends exactly at `skip` is read again: if reading it failed before,
+            # the failure (the file's last item, a reject) must recur, not what follows it.
+            if row + rows_in_group >= skip:
                 break
             row += rows_in_group
             group += 1

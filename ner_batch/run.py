@@ -155,6 +155,12 @@ class RunLock:
             except BlockingIOError:
                 os.close(fd)
                 raise self._held(_read_holder(path, wait=True)) from None
+            except OSError as e:  # ENOLCK, EOPNOTSUPP: a filesystem without locks
+                os.close(fd)
+                raise OutputError(
+                    f"cannot lock {path}: {e.strerror or e} (a filesystem without file locks; "
+                    "write the output to a local disk or an object store)"
+                ) from e
             # The run that held it may have unlinked the file between our open and our flock
             # (and a third run created a new one): then our lock is on a dead inode; try again.
             try:
@@ -176,9 +182,12 @@ class RunLock:
         holder = _read_holder(path)
         pid, _, host = holder.partition("@")
         if holder:
-            if host == socket.gethostname() and pid.isdigit() and _alive(int(pid)):
+            # A live annotate run of a version that did not flock. Not this process (we hold
+            # the flock: the file is stale, e.g. pid 1 of a restarted container) and not an
+            # unrelated process that reuses a dead run's pid.
+            if host == socket.gethostname() and pid.isdigit() and _is_annotate_run(int(pid)):
                 raise self._held(holder)
-            log.warning("taking over the lock of a stopped run (%s)", holder or "empty lock file")
+            log.warning("taking over the lock of a stopped run (%s)", holder)
         os.ftruncate(fd, 0)
         os.pwrite(fd, self.me.encode(), 0)
 
@@ -190,13 +199,19 @@ class RunLock:
         )
 
     def _lock_remote(self) -> None:
-        holder = (self.out.read_bytes(LOCK) or b"").decode(errors="replace").strip()
-        pid, _, host = holder.partition("@")
-        if holder:
-            if not (host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))):
-                raise self._held(holder)
-            log.warning("taking over the lock of a crashed run (pid %s)", pid)
-        self.out.write_bytes(LOCK, self.me.encode())
+        try:
+            holder = (self.out.read_bytes(LOCK) or b"").decode(errors="replace").strip()
+            pid, _, host = holder.partition("@")
+            if holder:
+                if not (host == socket.gethostname() and pid.isdigit() and not _alive(int(pid))):
+                    raise OutputError(
+                        f"{self._held(holder)}; if no run is alive (a killed run on another "
+                        f"host), delete {self.out.uri(LOCK)}"
+                    )
+                log.warning("taking over the lock of a crashed run (pid %s)", pid)
+            self.out.write_bytes(LOCK, self.me.encode())
+        except OSError as e:
+            raise OutputError(f"cannot take the lock {self.out.uri(LOCK)}: {e}") from e
 
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
@@ -222,6 +237,17 @@ def _read_holder(path: Path, wait: bool = False) -> str:
             return holder
         time.sleep(0.05)
     return ""
+
+
+def _is_annotate_run(pid: int) -> bool:
+    """Whether `pid` is another live process that runs nerbatch (its command line says so)."""
+    if pid == os.getpid() or not _alive(pid):
+        return False
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc (macOS): a live pid is respected, as before
+    return b"nerbatch" in command or b"ner_batch" in command
 
 
 def _alive(pid: int) -> bool:
@@ -309,7 +335,17 @@ def run_settings(config: AnnotateConfig, variant: str, max_length: int, stride: 
         "chunk_docs": config.chunk_docs,
         "chunk_chars": config.chunk_chars,
         "part_docs": config.part_docs,
+        "device": config.device,
+        # Ray Data forms its own batches: quantised rows of one engine differ from the other's.
+        # fp32 rows do not depend on batches, so either engine resumes the other's fp32 output.
+        "engine": "any" if variant == "fp32" else config.engine,
     }
+
+
+# Settings that outputs of nerbatch 0.1 did not record: such an output resumes with whatever
+# this run uses (0.1 did not keep int8 batches across a resume either); then they are recorded.
+_UNRECORDED_BEFORE = ("batch_size", "max_batch_tokens", "chunk_docs", "chunk_chars", "part_docs")
+_UNRECORDED_BEFORE += ("device", "engine")
 
 
 def input_files(config: AnnotateConfig, out: OutputDir) -> tuple[list[InputFile], list[str]]:
@@ -352,7 +388,7 @@ def _inputs_record(files: list[InputFile]) -> list[dict]:
 
 
 # What annotate writes into an output, by name; `--overwrite` removes these and nothing else.
-_PART = r"part-\d{5}\.parquet"
+_PART = r"part-\d{5,}\.parquet"
 _OURS = re.compile(
     rf"({_PART}|_manifest\.json|_SUCCESS|_lock|\.({_PART}|_manifest\.json|_SUCCESS)\.tmp)"
 )
@@ -412,11 +448,18 @@ def _hold_grown_inputs(manifest: dict, files: list[InputFile]) -> None:
     mtime, so the rerun of a complete output is a no-op and a resumed one reads the same bytes.
     What was appended is not annotated into this output (start another one for it)."""
     recorded = {i["path"]: i for i in manifest.get("inputs", [])}
+    fingerprints = manifest.get("fingerprints") or {}
     for file in files:
         before = recorded.get(file.path)
         if file.remote is not None or file.error or before is None or before["size"] < 0:
             continue
-        if file.size > before["size"] and file.mtime >= before["mtime"]:
+        if (
+            file.size > before["size"]
+            and file.mtime >= before["mtime"]
+            # the recorded bytes are still there (else it was rewritten, not appended to)
+            and fingerprints.get(file.path) is not None
+            and fingerprints[file.path] == _fingerprint(file.path, before["size"])
+        ):
             log.warning(
                 "%s grew from %d to %d bytes since this output was started: reading its first "
                 "%d bytes, as the run that started it did",
@@ -427,6 +470,22 @@ def _hold_grown_inputs(manifest: dict, files: list[InputFile]) -> None:
                 extra={"event": "input_grew", "path": file.display},
             )
             file.size, file.mtime = before["size"], before["mtime"]
+
+
+def _fingerprint(path: str, size: int) -> str | None:
+    """sha256 of the first and the last 64 KiB of a local file's first `size` bytes: enough to
+    tell an input that was appended to from one that was rewritten."""
+    import hashlib
+
+    block = 1 << 16
+    try:
+        with open(path, "rb") as f:
+            head = f.read(min(block, size))
+            f.seek(max(0, size - block))
+            tail = f.read(min(block, size))
+    except OSError:
+        return None
+    return hashlib.sha256(head + b"|" + tail).hexdigest()
 
 
 def _is_temporary(name: str) -> bool:
@@ -442,7 +501,9 @@ def _check_same_run(out: OutputDir, manifest: dict, inputs: list[dict], bundle_i
         )
     # Resuming with another variant, window or reader would mix two kinds of rows in one
     # output (and other reader options change which document the resume position points at).
-    old_settings = manifest.get("settings", settings)
+    old_settings = dict(manifest.get("settings", settings))
+    for key in _UNRECORDED_BEFORE:
+        old_settings.setdefault(key, settings[key])
     if old_settings != settings:
         changed = [k for k in settings if old_settings.get(k) != settings[k]]
         raise OutputError(
@@ -477,6 +538,12 @@ def _new_manifest(
         "device": config.device,
         "settings": settings,
         "inputs": _inputs_record(files),
+        # Local inputs only: whether an input that later grew still starts with these bytes.
+        "fingerprints": {
+            f.path: _fingerprint(f.path, f.size)
+            for f in files
+            if f.remote is None and not f.error and f.size >= 0
+        },
         "skipped_files": skipped,
         "options": {
             k: v for k, v in asdict(config).items() if k not in ("inputs", "output", "overwrite")
@@ -521,17 +588,21 @@ def prepare_run(
         if manifest is not None:
             _hold_grown_inputs(manifest, files)
             _check_same_run(out, manifest, _inputs_record(files), bundle_id, settings)
+            manifest["settings"] = settings  # the same, with what older versions left out
     if manifest and manifest.get("complete") and out.exists(SUCCESS):
         log.info("output is already complete: nothing to do", extra={"event": "noop"})
         return None
     if manifest is None:
         manifest = _new_manifest(config, bundle_id, settings, files, skipped)
     manifest["runs"] += 1
-    out.remove(SUCCESS)
-    # Written now, before any document is read: an output killed at any moment from here on is
-    # one that the same command resumes (with --overwrite: starts afresh, the old parts unnamed).
-    write_manifest(out, manifest)
-    _remove_unrecorded(out, manifest)
+    try:
+        out.remove(SUCCESS)
+        # Written now, before any document is read: an output killed at any moment from here on
+        # is one that the same command resumes (--overwrite: starts afresh, old parts unnamed).
+        write_manifest(out, manifest)
+        _remove_unrecorded(out, manifest)
+    except OSError as e:
+        raise OutputError(f"cannot write to {out}: {e.strerror or e}") from e
     if manifest["documents_done"]:
         log.info(
             "resuming after %d documents (%d parts)",

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -524,9 +525,27 @@ def test_lock_of_a_live_run_is_respected_and_a_dead_one_taken(run, tmp_path):
     out = tmp_path / "out.parquet"
     out.mkdir()
     host = socket.gethostname()
-    (out / "_lock").write_text(f"{os.getpid()}@{host}")  # alive: this very process
-    with pytest.raises(OutputError, match=f"being written by another annotate run .*{os.getpid()}"):
-        run([corpus], out)
+    # A live run (of a version that did not flock): its command line names nerbatch.
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "ner_batch"])
+    try:
+        (out / "_lock").write_text(f"{alive.pid}@{host}")
+        with pytest.raises(
+            OutputError, match=f"being written by another annotate run .*{alive.pid}"
+        ):
+            run([corpus], out)
+    finally:
+        alive.kill()
+        alive.wait()
+    # This very process, or a live process that is not nerbatch (a reused pid): stale.
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        for pid in (os.getpid(), other.pid):
+            (out / "_lock").write_text(f"{pid}@{host}")
+            run([corpus], out, overwrite=True)
+            assert_complete(out)
+    finally:
+        other.kill()
+        other.wait()
     dead = subprocess.Popen(["true"])
     dead.wait()  # a process that has exited: its lock is stale
     (out / "_lock").write_text(f"{dead.pid}@{host}")

@@ -148,7 +148,11 @@ def test_resume_from_a_manifest_without_position_drops_the_done_documents(run, t
         run([corpus], out, **options)
     manifest = manifest_of(out)
     assert manifest["documents_done"] == 8
-    del manifest["position"]
+    # As nerbatch 0.1 wrote it: no position, no batching settings, no fingerprints.
+    del manifest["position"], manifest["fingerprints"]
+    for key in ("batch_size", "max_batch_tokens", "chunk_docs", "chunk_chars", "part_docs"):
+        del manifest["settings"][key]
+    del manifest["settings"]["device"], manifest["settings"]["engine"]
     (out / "_manifest.json").write_text(json.dumps(manifest))
     run([corpus], out, **options)
     assert_complete(out)
@@ -540,3 +544,16 @@ def test_an_output_that_cannot_be_created_is_one_clear_error(tiny_bundle, tmp_pa
     assert result.exit_code == 1
     assert result.output.startswith("Error: cannot create the output ")
     assert "unexpected" not in result.output
+
+
+def test_an_input_rewritten_larger_is_refused_not_read_in_part(run, tmp_path):
+    """Larger and newer, but its recorded bytes are gone (copytruncate, a regenerated file):
+    not an append, so the output is refused as changed."""
+    path = write_jsonl(
+        tmp_path / "in" / "a.jsonl", [{"id": str(i), "text": "Paris"} for i in range(5)]
+    )
+    out = tmp_path / "out.parquet"
+    run([path], out)
+    write_jsonl(path, [{"id": f"new{i}", "text": "Berlin and Rome"} for i in range(9)])
+    with pytest.raises(OutputError, match="the inputs changed"):
+        run([path], out)
