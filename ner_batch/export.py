@@ -491,10 +491,10 @@ def _same_logits(plain: Path, fused: Path, encoder) -> bool:
     if encoder is None:
         return True
     probe = probe_batch(encoder, None)
-    a = onnx_logits_fn(_cpu_session(plain))(*probe)
-    b = onnx_logits_fn(_cpu_session(fused))(*probe)
-    mask = probe[1].astype(bool)
-    return a.shape == b.shape and float(np.abs(a - b)[mask].max()) <= 1e-4
+    reference = onnx_logits_fn(_cpu_session(plain))(*probe)
+    logits = onnx_logits_fn(_cpu_session(fused))(*probe)
+    compared, problems = _compare_logits(logits, reference, probe[1].astype(bool))
+    return bool(compared) and not problems and compared["max_abs_logit_diff"] <= 1e-4
 
 
 def _quantize(source: Path, target: Path, op_types: list[str]) -> None:
