@@ -46,7 +46,7 @@ from .errors import NerbatchError, OutputError
 from .output import MANIFEST, REJECTS, SUCCESS, OutputDir, read_manifest
 from .page import BIDI_CONTROLS, Highlight, Labels, bar, check_spans, esc, highlight, page, table
 from .page import windows as context_windows
-from .readers import InputFile, ReadOptions, Reject, expand_inputs, file_format, read_file
+from .readers import InputFile, ReadOptions, Reject, expand_inputs, printable, read_file
 from .storage import is_uri, open_remote
 
 SCAN_COLUMNS = ["source", "doc_id", "label", "text", "score"]
@@ -510,11 +510,6 @@ class InputStatus:
     problem: bool = False
 
 
-def _display(path: str) -> str:
-    """What annotate wrote in `source` for an input at `path` (the readers' display form)."""
-    return InputFile(path, file_format(path) or "txt", 0, 0.0).display
-
-
 def _path_parts(path: str) -> list[str]:
     return [p for p in re.sub(r"^[A-Za-z][A-Za-z0-9+.-]*://", "", path).split("/") if p]
 
@@ -533,7 +528,8 @@ def locate_inputs(
     recorded path or, with `overrides`, among those files by the longest common path suffix."""
     recorded = {}
     for index, item in enumerate(manifest.get("inputs", [])):
-        recorded.setdefault(_display(item["path"]), (index, item))
+        # `source` holds the readers' printable form of the path
+        recorded.setdefault(printable(item["path"]), (index, item))
     moved: list[InputFile] = []
     if overrides:
         try:
