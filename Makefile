@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[train,ray,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[train,ray,openvino,dev]"
 	touch $@
 
 # Airflow pins many packages: it gets its own virtualenv, used by tests/test_airflow.py to run the

@@ -33,9 +33,11 @@ CoNLL's for an F1 that is indicative only (see SPACY_TO_CONLL).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -151,7 +153,8 @@ def worker_annotate(args) -> dict:
                 threads=args.threads if args.engine == "local" else 0,
                 batch_size=args.batch_size,
                 max_batch_tokens=args.max_batch_tokens,
-                streams=args.streams or 1,  # rows without --streams: the default
+                streams=args.streams or 0,  # rows without --streams: the default
+                runtime=args.runtime,
                 engine=args.engine,
                 ray=RayOptions(num_workers=args.num_workers),
             )
@@ -171,15 +174,68 @@ def worker_annotate(args) -> dict:
     return result
 
 
-def worker_bare_onnx(args) -> dict:
-    """Model time only: tokenise everything first, then length-sorted padded batches."""
-    import numpy as np
+def worker_cli(args) -> dict:
+    """The real `nerbatch annotate` command in its own process, default options but --model
+    (int8, `--runtime auto`: its start-up probe included in `wall`), on the test sentences."""
+    from ner_batch.output import read_spans
 
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.jsonl"
+        sentences = gold_sentences(Path(args.data))
+        with open(corpus, "w") as f:
+            for i, s in enumerate(sentences):
+                f.write(json.dumps({"id": str(i), "text": " ".join(s.tokens)}) + "\n")
+        out = Path(tmp) / "out.parquet"
+        command = [sys.executable, "-m", "ner_batch.cli", "annotate", str(corpus), str(out)]
+        started = time.perf_counter()
+        subprocess.run([*command, "--model", args.bundle], check=True, capture_output=True)
+        wall = time.perf_counter() - started
+        manifest = json.loads((out / "_manifest.json").read_text())
+        by_doc = read_spans(out)
+    summary = manifest["summary"]
+    return {
+        # The CLI's own peak (the only child waited for); this worker's is smaller.
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "seconds": summary["seconds"],
+        "wall": wall,
+        "documents": summary["documents"],
+        "tokens": summary["tokens"],
+        "f1": f1_of(sentences, [by_doc.get(str(i), []) for i in range(len(sentences))]),
+        "runtime_choice": manifest["runtime_choice"],
+    }
+
+
+def worker_bare_openvino(args) -> dict:
+    """Model time only on OpenVINO, as worker_bare_onnx: the bundle's openvino variant (int8)
+    or, for --variant bf16, its fp32 graph in bf16; `--streams` concurrent requests."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ner_batch import openvino_backend
     from ner_batch.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
-    variant = bundle.resolve_variant(args.variant)
-    session = bundle.session(variant, device=args.device, threads=args.threads)
+    name = "fp32" if args.variant == "bf16" else "openvino"
+    file = bundle.path / bundle.meta["variants"][name]["file"]
+    precision = "bf16" if args.variant == "bf16" else "f32"
+    streams = args.streams or 0
+    compiled = openvino_backend.compile_model(file, precision, args.threads, streams)
+    run = openvino_backend.logits_fn(compiled)
+    batches = _sorted_batches(bundle, args)
+    with ThreadPoolExecutor(streams or openvino_backend.optimal_requests(compiled)) as pool:
+        list(pool.map(lambda feed: run(*feed.values()), batches))  # every shape once
+        started = time.perf_counter()
+        list(pool.map(lambda feed: run(*feed.values()), batches))
+    return {"seconds": time.perf_counter() - started, "documents": _documents(batches)}
+
+
+def _documents(batches: list[dict]) -> int:
+    return sum(len(b["input_ids"]) for b in batches)
+
+
+def _sorted_batches(bundle, args) -> list[dict]:
+    """The test sentences tokenised, length-sorted, in padded batches of --batch-size."""
+    import numpy as np
+
     encoder = bundle.encoder()
     texts = [" ".join(s.tokens) for s in gold_sentences(Path(args.data))]
     encoded = sorted(encoder.encode_batch(texts), key=len)
@@ -195,11 +251,22 @@ def worker_bare_onnx(args) -> dict:
         batches.append(
             {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         )
+    return batches
+
+
+def worker_bare_onnx(args) -> dict:
+    """Model time only: tokenise everything first, then length-sorted padded batches."""
+    from ner_batch.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    variant = bundle.resolve_variant(args.variant)
+    session = bundle.session(variant, device=args.device, threads=args.threads)
+    batches = _sorted_batches(bundle, args)
     session.run(None, batches[0])
     started = time.perf_counter()
     for feed in batches:
         session.run(None, feed)
-    return {"seconds": time.perf_counter() - started, "documents": len(texts)}
+    return {"seconds": time.perf_counter() - started, "documents": _documents(batches)}
 
 
 def worker_spacy(args) -> dict:
@@ -242,6 +309,8 @@ WORKERS = {
     "pipeline": worker_pipeline,
     "annotate": worker_annotate,
     "bare": worker_bare_onnx,
+    "bare-openvino": worker_bare_openvino,
+    "cli": worker_cli,
     "spacy": worker_spacy,
 }
 
@@ -303,15 +372,17 @@ def own_peak_rss_mb() -> float | None:
     return None
 
 
-def spawn(kind: str, python: str | None = None, **options) -> dict:
-    """Run a worker in a subprocess (this Python unless `python` is given); its peak RSS in MB
-    (VmHWM, else wait4's ru_maxrss)."""
+def spawn(kind: str, python: str | None = None, env: dict | None = None, **options) -> dict:
+    """Run a worker in a subprocess (this Python unless `python` is given, with `env` added to
+    the environment); its peak RSS in MB (VmHWM, else wait4's ru_maxrss)."""
     command = [python or sys.executable, str(HERE), "--worker", kind]
     for key, value in options.items():
         if value is not None:
             command += [f"--{key.replace('_', '-')}", str(value)]
     with tempfile.NamedTemporaryFile("r", suffix=".json") as result_file:
-        process = subprocess.Popen([*command, "--result", result_file.name])
+        process = subprocess.Popen(
+            [*command, "--result", result_file.name], env={**os.environ, **(env or {})}
+        )
         _, status, usage = os.wait4(process.pid, 0)
         if os.waitstatus_to_exitcode(status) != 0:
             raise SystemExit(f"worker {kind} failed ({status})")
@@ -319,6 +390,20 @@ def spawn(kind: str, python: str | None = None, **options) -> dict:
     if result.get("peak_rss_mb") is None:
         result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
     return result
+
+
+def _has_openvino(bundle: str) -> bool:
+    """The bundle has the openvino variant and OpenVINO is installed here."""
+    from ner_batch import openvino_backend
+    from ner_batch.bundle import load_bundle
+
+    return "openvino" in load_bundle(bundle).meta["variants"] and not openvino_backend.missing()
+
+
+def describe_cpu() -> str:
+    from ner_batch.probe import describe_cpu as describe
+
+    return describe()
 
 
 def count_tokens(bundle: str, data: Path) -> int:
@@ -436,6 +521,13 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--streams", type=int, default=None, help="annotate --streams")
+    parser.add_argument("--runtime", default="auto", help="annotate --runtime (its rows)")
+    parser.add_argument(
+        "--isa-caps",
+        default="",
+        help="Also run the default CLI with ONEDNN_MAX_CPU_ISA set to each of these (e.g. "
+        "AVX2,AVX512_CORE_VNNI): what `--runtime auto` chooses on such CPUs, and its speed",
+    )
     parser.add_argument(
         "--engine",
         default="local",
@@ -481,7 +573,8 @@ def main() -> None:
 
     if args.worker:
         result = WORKERS[args.worker](args)
-        result["peak_rss_mb"] = own_peak_rss_mb()
+        peaks = [result.get("peak_rss_mb"), own_peak_rss_mb()]
+        result["peak_rss_mb"] = max((p for p in peaks if p is not None), default=None)
         Path(args.result).write_text(json.dumps(result))
         return
 
@@ -508,18 +601,37 @@ def main() -> None:
                     lambda: spawn("pipeline", checkpoint=args.checkpoint, data=args.data),
                 )
             )
+        with_openvino = fast == "int8" and _has_openvino(args.bundle)
         systems.append(
             (
-                f"nerbatch annotate, {fast} (default)",
-                lambda: spawn("annotate", variant="auto", **common),
+                f"nerbatch annotate CLI, default options ({fast}, --runtime auto)",
+                lambda: spawn("cli", bundle=args.bundle, data=args.data),
             )
         )
         systems.append(
             (
-                f"nerbatch annotate, {fast}, --streams 2",
-                lambda: spawn("annotate", variant="auto", streams=2, **common),
+                f"nerbatch annotate, {fast} on onnxruntime",
+                lambda: spawn("annotate", variant="auto", runtime="onnxruntime", **common),
             )
         )
+        systems.append(
+            (
+                f"nerbatch annotate, {fast} on onnxruntime, --streams 2",
+                lambda: spawn(
+                    "annotate", variant="auto", runtime="onnxruntime", streams=2, **common
+                ),
+            )
+        )
+        if with_openvino:
+            for variant in ("int8", "bf16"):
+                systems.append(
+                    (
+                        f"nerbatch annotate, {variant} on openvino",
+                        functools.partial(
+                            spawn, "annotate", variant=variant, runtime="openvino", **common
+                        ),
+                    )
+                )
         if args.fast_bundle:
             systems.append(
                 (
@@ -530,7 +642,10 @@ def main() -> None:
                 )
             )
         systems.append(
-            ("nerbatch annotate, fp32", lambda: spawn("annotate", variant="fp32", **common))
+            (
+                "nerbatch annotate, fp32 on onnxruntime",
+                lambda: spawn("annotate", variant="fp32", **common),
+            )
         )
         if args.engine == "ray":
             systems.append(
@@ -553,6 +668,16 @@ def main() -> None:
                 lambda: spawn("bare", variant=fast, batch_size=32, **common),
             )
         )
+        if with_openvino:
+            for variant in ("int8", "bf16"):
+                systems.append(
+                    (
+                        f"bare OpenVINO {variant} loop, model time only",
+                        functools.partial(
+                            spawn, "bare-openvino", variant=variant, batch_size=32, **common
+                        ),
+                    )
+                )
         # Rounds of every system in turn, so that a slower spell of a shared machine hits every
         # row alike; each row reports its median round (and the range).
         results: list[list[dict]] = [[] for _ in systems]
@@ -576,7 +701,7 @@ def main() -> None:
         peak, peak_how = cpu_peak_gflops()
         print(
             f"\nCoNLL-2003 test, {rows[0][1]['documents']} sentences as documents, {tokens} "
-            f"sub-word tokens; {os.cpu_count()} CPU cores"
+            f"sub-word tokens; CPU: {describe_cpu()}"
         )
         print(f"median of {args.repeat} rounds; range: slowest-fastest round")
         print("| system | docs/s | tokens/s | range | x baseline | load s | peak RSS MB | F1 |")
@@ -600,6 +725,32 @@ def main() -> None:
             f"{achieved:.1f} GFLOP/s of a {peak:.0f} GFLOP/s fp32 peak ({peak_how}): "
             f"{100 * achieved / peak:.1f}%"
         )
+
+    if not args.scaling_only:
+        for name, r in rows:
+            if "runtime_choice" in r:
+                print(
+                    f"\n{name}: --runtime auto chose {r['runtime_choice']['runtime']}, "
+                    f"{r['runtime_choice']['reason']}"
+                )
+    if args.isa_caps and not args.scaling_only:
+        base_row = rows[0][1] if not args.skip_pipeline else None
+        print("\n`--runtime auto` with OpenVINO's oneDNN capped (ONEDNN_MAX_CPU_ISA), default CLI:")
+        print(
+            "| ONEDNN_MAX_CPU_ISA | probe onnxruntime tok/s | probe openvino tok/s | chosen "
+            "| annotate tokens/s | x baseline |"
+        )
+        print("| --- | ---: | ---: | --- | ---: | ---: |")
+        for cap in ["none", *args.isa_caps.split(",")]:
+            env = {} if cap == "none" else {"ONEDNN_MAX_CPU_ISA": cap}
+            r = spawn("cli", env=env, bundle=args.bundle, data=args.data)
+            speeds = r["runtime_choice"].get("tokens_per_second", {})
+            ratio = f"{base_row['seconds'] / r['seconds']:.2f}" if base_row else "-"
+            print(
+                f"| {cap} | {speeds.get('onnxruntime', 0):,} | {speeds.get('openvino', 0):,} | "
+                f"{r['runtime_choice']['runtime']} | {tokens / r['seconds']:,.0f} | {ratio} |",
+                flush=True,
+            )
 
     for label, bundle, sizes in (
         ("real bundle", args.bundle, args.scaling),

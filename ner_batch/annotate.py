@@ -31,6 +31,7 @@ from .run import (
     chunk_is_full,
     complete_summary,
     prepared_output,
+    recorded_runtime,
     resume_point,
     run_settings,
 )
@@ -49,18 +50,24 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
     started = time.monotonic()
     with StopFlag() as stop:  # from the start: a SIGTERM while the bundle loads stops cleanly
         bundle = load_bundle(config.model)
+        recorded = recorded_runtime(config) if config.runtime == "auto" else None
         tagger = bundle.tagger(
             config.variant,
             config.device,
+            runtime=recorded or config.runtime,
             max_length=config.max_length,
             stride=config.stride,
             threads=config.threads,
             options=config.tagger_options(),
         )
+        choice = tagger.runtime
+        if recorded:
+            choice = {"runtime": recorded, "reason": "recorded by the run that began the output"}
         variant = bundle.resolve_variant(config.variant, config.device)
         max_length = tagger.window + tagger.encoder.n_special
-        settings = run_settings(config, variant, max_length, tagger.stride)
-        with prepared_output(config, bundle.bundle_id, settings) as (out, files, manifest):
+        settings = run_settings(config, variant, max_length, tagger.stride, choice["runtime"])
+        prepared = prepared_output(config, bundle.bundle_id, settings, choice)
+        with prepared as (out, files, manifest):
             if manifest is None:
                 return complete_summary(out)
             first, skip, drop = resume_point(manifest)

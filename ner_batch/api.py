@@ -33,6 +33,7 @@ class Annotator:
         variant: str = "auto",
         device: str = "cpu",
         *,
+        runtime: str = "auto",
         max_length: int | None = None,
         stride: int | None = None,
         threads: int = 0,
@@ -43,6 +44,7 @@ class Annotator:
         self.tagger = self.bundle.tagger(
             variant,
             device,
+            runtime=runtime,
             max_length=max_length,
             stride=stride,
             threads=threads,
@@ -52,6 +54,7 @@ class Annotator:
         self.chunk_docs = defaults.chunk_docs
         self.chunk_chars = defaults.chunk_chars
         self.part_docs = defaults.part_docs
+        self.runtime = self.tagger.runtime["runtime"]  # what ran, and why: self.tagger.runtime
 
     def __call__(self, texts: Iterable[str]) -> list[list[dict]]:
         texts = list(texts)
@@ -76,4 +79,7 @@ class Annotator:
         ]
 
     def __repr__(self) -> str:
-        return f"Annotator({self.bundle.bundle_id!r}, variant={self.variant!r})"
+        return (
+            f"Annotator({self.bundle.bundle_id!r}, variant={self.variant!r}, "
+            f"runtime={self.runtime!r})"
+        )

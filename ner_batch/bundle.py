@@ -13,6 +13,7 @@ Runtime-only: onnxruntime, tokenizers, numpy.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -22,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .choices import DEFAULT_VARIANT, DEVICES, VARIANTS
+from . import openvino_backend, probe
+from .choices import DEFAULT_VARIANT, DEVICES, PRECISIONS, RUNS, RUNTIMES, check_choice
 from .conll import split_tag
 from .errors import BundleError, OptionError, SchemeError
 from .features import WORD_RULES, TextEncoder
@@ -64,26 +66,82 @@ class Bundle:
         return self.meta.get("max_positions")
 
     def resolve_variant(self, variant: str = "auto", device: str = "cpu") -> str:
+        """The precision a run asks for (`auto`: the device's default), checked against what
+        the bundle has: int8 runs the `int8` variant (ONNX Runtime) or the `openvino` one,
+        bf16 runs the fp32 graph on OpenVINO."""
         if device not in DEVICES:
             raise BundleError(f"unknown device {device!r}; expected one of {list(DEVICES)}")
         if variant == "auto":
             variant = DEFAULT_VARIANT[device]
-        if variant not in VARIANTS:
-            raise BundleError(f"unknown variant {variant!r}; expected one of {['auto', *VARIANTS]}")
-        if variant not in self.meta["variants"]:
+        if variant not in PRECISIONS:
+            raise BundleError(
+                f"unknown variant {variant!r}; expected one of {['auto', *PRECISIONS]}"
+            )
+        entries = {RUNS[key] for key in RUNS if key[0] == variant}
+        if not entries & set(self.meta["variants"]):
             raise BundleError(
                 f"bundle {self.path} has no {variant} variant (it has "
                 f"{sorted(self.meta['variants'])})"
             )
         return variant
 
+    def runtimes(self, variant: str, device: str = "cpu") -> tuple[list[str], dict[str, str]]:
+        """The runtimes that can run the precision `variant` here, and why each other cannot."""
+        usable: list[str] = []
+        why_not: dict[str, str] = {}
+        for runtime in RUNTIMES[1:]:
+            entry = RUNS.get((variant, runtime))
+            if entry is None:
+                why_not[runtime] = f"{runtime} does not run {variant} models"
+            elif entry not in self.meta["variants"]:
+                why_not[runtime] = (
+                    f"the bundle has no {entry} variant (export builds it when the [openvino] "
+                    "extra is installed)"
+                )
+            elif runtime == "openvino" and device != "cpu":
+                why_not[runtime] = f"nerbatch runs OpenVINO on the CPU only, not --device {device}"
+            elif runtime == "openvino" and openvino_backend.missing():
+                why_not[runtime] = openvino_backend.missing()
+            else:
+                usable.append(runtime)
+        return usable, why_not
+
+    def resolve_runtime(self, variant: str, device: str, runtime: str) -> tuple[list[str], str]:
+        """The runtimes to consider for `runtime` (one, or for `auto` the ones to time against
+        each other) and why. `auto` times ONNX Runtime against OpenVINO only for int8, where the
+        bundle has both variants; fp32 runs on ONNX Runtime and bf16 on OpenVINO."""
+        try:
+            check_choice("runtime", runtime, RUNTIMES)
+        except ValueError as e:
+            raise OptionError(str(e)) from e
+        usable, why_not = self.runtimes(variant, device)
+        if runtime != "auto":
+            if runtime not in usable:
+                raise OptionError(
+                    f"--runtime {runtime} cannot run --variant {variant}: {why_not[runtime]}"
+                )
+            return [runtime], f"--runtime {runtime}"
+        if not usable:
+            raise OptionError(
+                f"no runtime can run --variant {variant} here: {'; '.join(why_not.values())}"
+            )
+        if variant != "int8" or len(usable) == 1:
+            chosen = "onnxruntime" if "onnxruntime" in usable else usable[0]
+            if variant != "int8":
+                return [chosen], f"{variant} runs on {chosen} under --runtime auto"
+            other = next(r for r in RUNTIMES[1:] if r != chosen)
+            return [chosen], f"the only runtime for int8 here ({other}: {why_not[other]})"
+        return usable, "timed at start-up"
+
     def verify(self, variant: str) -> None:
-        """Check the tokenizer's and the variant's sha256 against bundle.json."""
+        """Check the tokenizer's and the bundle variant's files (the IR's weights too) against
+        their sha256 in bundle.json."""
         entry = self.meta["variants"][variant]
-        for name, expected in (
-            (self.meta["tokenizer"]["file"], self.meta["tokenizer"]["sha256"]),
-            (entry["file"], entry["sha256"]),
-        ):
+        files = [(self.meta["tokenizer"]["file"], self.meta["tokenizer"]["sha256"])]
+        files.append((entry["file"], entry["sha256"]))
+        if isinstance(entry.get("weights"), dict):
+            files.append((entry["weights"]["file"], entry["weights"]["sha256"]))
+        for name, expected in files:
             file = self.path / name
             if self.remote is not None:
                 self._fetch(name, expected)
@@ -299,29 +357,48 @@ class Bundle:
         variant: str = "auto",
         device: str = "cpu",
         *,
+        runtime: str = "auto",
         max_length: int | None = None,
         stride: int | None = None,
         threads: int = 0,
         options: TaggerOptions | None = None,
     ) -> Tagger:
-        """A Tagger on one ONNX Runtime session. `threads` is the total (0: every core); with
-        `options.streams` > 1 each of the concurrent batches runs on threads / streams of them."""
+        """A Tagger on one ONNX Runtime session or OpenVINO compiled model. `threads` is the
+        total (0: every core); with `options.streams` > 1 each of the concurrent batches runs on
+        threads / streams of them (0: the runtime's best, see TaggerOptions). `runtime`:
+        onnxruntime, openvino, or auto (for int8 with both variants in the bundle: the faster
+        one here, timed; see probe.py). The Tagger's `runtime` attribute says which runs and
+        why."""
         options = options or TaggerOptions()
         variant = self.resolve_variant(variant, device)
+        candidates, why = self.resolve_runtime(variant, device, runtime)
         length_chosen, chosen = max_length is not None, (max_length, stride) != (None, None)
         max_length, stride = self.window(max_length, stride)  # before reading any file
         try:
             options.check()
         except ValueError as e:
             raise OptionError(str(e)) from e
-        self.verify(variant)
+        for name in candidates:
+            self.verify(RUNS[(variant, name)])  # the tokenizer's checksum too, before its use
         encoder = self.encoder()
-        total = threads or os.cpu_count() or 1
-        per_run = threads if options.streams == 1 else max(1, total // options.streams)
-        session = self.session(variant, device, per_run)
+        logits_fns, streams = {}, {}
+        for name in candidates:
+            entry = RUNS[(variant, name)]
+            session, logits_fn, streams[name] = self._backend(
+                name, variant, device, threads, options
+            )
+            file = self.meta["variants"][entry]["file"]
+            self._check_runs(session, encoder, file, max_length, length_chosen)
+            logits_fns[name] = logits_fn
+        if len(candidates) == 1:
+            choice = {"runtime": candidates[0], "reason": why}
+        else:
+            timed = {name: (fn, streams[name]) for name, fn in logits_fns.items()}
+            choice = probe.choose(timed, encoder, max_length)
+        options = dataclasses.replace(options, streams=streams[choice["runtime"]])
         try:
             tagger = Tagger(
-                encoder, self.labels, onnx_logits_fn(session), max_length, stride, options
+                encoder, self.labels, logits_fns[choice["runtime"]], max_length, stride, options
             )
         except ValueError as e:  # one Error: line, blaming whoever chose the window
             if chosen:
@@ -329,9 +406,33 @@ class Bundle:
             raise BundleError(
                 f"bundle {self.path}: the window in {BUNDLE_FILE} does not fit its tokenizer: {e}"
             ) from e
-        name = self.meta["variants"][variant]["file"]
-        self._check_runs(session, encoder, name, max_length, length_chosen)
+        tagger.runtime = choice
         return tagger
+
+    def _backend(
+        self,
+        runtime: str,
+        variant: str,
+        device: str,
+        threads: int,
+        options: TaggerOptions,
+    ):
+        """(a session for the bundle checks, the Tagger's LogitsFn, its number of streams) of the
+        precision `variant` on `runtime`; the graph's inputs and outputs are checked."""
+        entry = RUNS[(variant, runtime)]
+        file = self.path / self.meta["variants"][entry]["file"]
+        if runtime == "openvino":
+            precision = "bf16" if variant == "bf16" else "f32"
+            compiled = openvino_backend.compile_model(file, precision, threads, options.streams)
+            session = openvino_backend.SessionLike(compiled)
+            self._check_graph(session, file.name)
+            streams = options.streams or openvino_backend.optimal_requests(compiled)
+            return session, openvino_backend.logits_fn(compiled), streams
+        streams = options.streams or 1
+        total = threads or os.cpu_count() or 1
+        per_run = threads if streams == 1 else max(1, total // streams)
+        session = self.session(entry, device, per_run)  # checks the graph
+        return session, onnx_logits_fn(session), streams
 
 
 def onnx_logits_fn(session):
@@ -479,6 +580,15 @@ def _check_meta(meta: dict, meta_file: Path) -> None:
             continue
         for key, (valid, expected) in VARIANT_FIELDS.items():
             check(f"{field}.{key}", entry.get(key, _ABSENT), valid, expected)
+        weights = entry.get("weights", _ABSENT)  # an IR's second file (the openvino variant)
+        if weights is not _ABSENT:
+            if not isinstance(weights, dict):
+                check(
+                    f"{field}.weights", weights, lambda v: False, "an object with file and sha256"
+                )
+                continue
+            for key, (valid, expected) in VARIANT_FIELDS.items():
+                check(f"{field}.weights.{key}", weights.get(key, _ABSENT), valid, expected)
     for field, (valid, expected) in OPTIONAL_FIELDS.items():
         value = meta.get(field)
         if value is not None and not valid(value):

@@ -7,11 +7,32 @@ their list from here too and refuse any other value with a message that names th
 
 from __future__ import annotations
 
-# Model bundle variants, the file each is stored in, and the default per device.
-VARIANTS = ("fp32", "int8", "fp16")
-VARIANT_FILES = {"fp32": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+# Model bundle variants (what `export --variants` builds and bundle.json lists), the file each
+# is stored in, and the default per device. "openvino" is an int8 OpenVINO IR (NNCF, static
+# int8), whose weights sit in a second file beside it.
+VARIANTS = ("fp32", "int8", "fp16", "openvino")
+VARIANT_FILES = {
+    "fp32": "model.onnx",
+    "int8": "model.int8.onnx",
+    "fp16": "model.fp16.onnx",
+    "openvino": "model.openvino.xml",
+}
+WEIGHT_FILES = {"openvino": "model.openvino.bin"}
 DEVICES = ("cpu", "cuda")
 DEFAULT_VARIANT = {"cpu": "int8", "cuda": "fp16"}
+
+# Runtimes, and the precisions a run asks for (`annotate --variant`): which bundle variant each
+# (precision, runtime) runs. OpenVINO reads the fp32 ONNX graph itself, in f32 or bf16.
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "int8", "fp16", "bf16")
+RUNS = {
+    ("fp32", "onnxruntime"): "fp32",
+    ("int8", "onnxruntime"): "int8",
+    ("fp16", "onnxruntime"): "fp16",
+    ("fp32", "openvino"): "fp32",
+    ("int8", "openvino"): "openvino",
+    ("bf16", "openvino"): "fp32",
+}
 
 # What the int8 variant quantizes (dynamic, per-channel int8 weights). Measured on the 8-epoch
 # MiniLM, CoNLL-2003 test F1 at batch sizes 1/8/32/64 (fp32 89.12) and model tokens/s on 2

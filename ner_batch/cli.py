@@ -17,7 +17,17 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .choices import DEVICES, ENCODING_ERRORS, ENGINES, INT8_OPS, SEGMENTS, TXT_MODES, VARIANTS
+from .choices import (
+    DEVICES,
+    ENCODING_ERRORS,
+    ENGINES,
+    INT8_OPS,
+    PRECISIONS,
+    RUNTIMES,
+    SEGMENTS,
+    TXT_MODES,
+    VARIANTS,
+)
 from .errors import Interrupted, NerbatchError, OptionError
 
 EXIT_REJECTS = 3
@@ -241,9 +251,9 @@ def train_cli(
 )
 @click.option(
     "--variants",
-    default="fp32,int8,fp16",
-    show_default=True,
-    help="Comma-separated variants to export (fp32 is always included).",
+    default=None,
+    help="Comma-separated variants to export, of fp32 (always included), int8, fp16, openvino "
+    "[default: fp32,int8,fp16, and openvino when the [openvino] extra is installed].",
 )
 @click.option(
     "--stride", type=int, help="Default window overlap for annotate [default: max length / 4]."
@@ -283,16 +293,22 @@ def export_cli(
     from .export import export
 
     out = out or str(Path("export") / Path(model).name)
-    wanted = tuple(v.strip() for v in variants.split(",") if v.strip())
-    unknown = set(wanted) - set(VARIANTS)
-    if unknown:
-        raise click.BadParameter(f"unknown variants {sorted(unknown)}", param_hint="--variants")
+    wanted = None
+    if variants is not None:
+        wanted = tuple(v.strip() for v in variants.split(",") if v.strip())
+        unknown = set(wanted) - set(VARIANTS)
+        if unknown:
+            raise click.BadParameter(
+                f"unknown variants {sorted(unknown)}; expected some of {list(VARIANTS)}",
+                param_hint="--variants",
+            )
+        wanted = tuple(dict.fromkeys(("fp32", *wanted)))
     bundle = export(
         model,
         out,
         dev=dev,
         test=test,
-        variants=tuple(dict.fromkeys(("fp32", *wanted))),
+        variants=wanted,
         stride=stride,
         keep_failed=keep_failed,
         max_dev_sentences=max_dev_sentences,
@@ -303,7 +319,7 @@ def export_cli(
     for name, v in bundle["variants"].items():
         f1 = f", dev F1 {100 * v['dev_f1']:.2f}" if "dev_f1" in v else ""
         click.echo(
-            f"{name:>5}: {v['file']}, max |Δlogit| {v['max_abs_logit_diff']:.1e}, "
+            f"{name:>8}: {v['file']}, max |Δlogit| {v['max_abs_logit_diff']:.1e}, "
             f"argmax agreement {100 * v['argmax_agreement']:.2f}%{f1}, {v['status']}"
         )
     click.echo(f"bundle {bundle['bundle_id']} written to {out}")
@@ -315,10 +331,10 @@ def export_cli(
 @click.option("--model", default="export/minilm", show_default=True, help="Model bundle directory.")
 @click.option(
     "--variant",
-    type=click.Choice(["auto", *VARIANTS]),
+    type=click.Choice(["auto", *PRECISIONS]),
     default="auto",
     show_default=True,
-    help="auto: int8 on CPU, fp16 on CUDA.",
+    help="auto: int8 on CPU, fp16 on CUDA. bf16: the fp32 model in bfloat16 on OpenVINO.",
 )
 @click.option(
     "--device",
@@ -326,6 +342,14 @@ def export_cli(
     default="cpu",
     show_default=True,
     help="cpu, or cuda (needs onnxruntime-gpu).",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="auto: for int8, OpenVINO (the bundle's openvino variant) or ONNX Runtime, whichever "
+    "a 2 s probe at start-up finds faster here; recorded, and kept when resuming.",
 )
 @click.option(
     "--batch-size",
@@ -361,10 +385,11 @@ def export_cli(
 )
 @click.option(
     "--streams",
-    type=click.IntRange(min=1),
-    default=1,
+    type=click.IntRange(min=0),
+    default=0,
     show_default=True,
-    help="Batches run at once, each on threads/streams cores.",
+    help="Batches run at once, each on threads/streams cores; 0: the runtime's best (1 on ONNX "
+    "Runtime, OpenVINO's optimal number of requests: 2 on 2 cores).",
 )
 @click.option(
     "--segment",
@@ -455,6 +480,7 @@ def annotate_cli(
     model,
     variant,
     device,
+    runtime,
     batch_size,
     max_batch_tokens,
     max_length,
@@ -502,6 +528,7 @@ def annotate_cli(
         model=model,
         variant=variant,
         device=device,
+        runtime=runtime,
         batch_size=batch_size,
         max_batch_tokens=max_batch_tokens,
         max_length=max_length,
@@ -549,10 +576,17 @@ def annotate_cli(
 @click.option("--predictions", help="An annotate output made from `nerbatch gold2corpus GOLD`.")
 @click.option(
     "--variant",
-    type=click.Choice(["auto", *VARIANTS]),
+    type=click.Choice(["auto", *PRECISIONS]),
     default="auto",
     show_default=True,
-    help="Bundle variant to score.",
+    help="Bundle variant to score (as annotate's --variant).",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="As annotate's --runtime: onnxruntime, openvino, or auto (the faster here).",
 )
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON."
@@ -586,6 +620,7 @@ def score_cli(
     model,
     predictions,
     variant,
+    runtime,
     json_path,
     markdown_path,
     png_prefix,
@@ -616,6 +651,7 @@ def score_cli(
         markdown_path=markdown_path,
         png_prefix=png_prefix,
         variant=variant,
+        runtime=runtime,
         batch_size=batch_size,
         label_map=label_map,
         html_path=html_path,

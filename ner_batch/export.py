@@ -29,7 +29,7 @@ import numpy as np
 
 from .bundle import BUNDLE_FILE, FORMAT_VERSION, onnx_logits_fn, sha256_of
 from .checkpoint import load_checkpoint, torch_logits_fn, usable_positions
-from .choices import DEFAULT_VARIANT, INT8_OPS, VARIANT_FILES
+from .choices import DEFAULT_VARIANT, INT8_OPS, VARIANT_FILES, WEIGHT_FILES
 from .conll import Document, read_conll, sentences_of, token_offsets
 from .errors import ExportError, NerbatchError
 from .features import TextEncoder
@@ -52,6 +52,7 @@ Probe = tuple[np.ndarray, np.ndarray, np.ndarray]
 class Tolerances:
     fp32_max_logit_diff: float = 1e-3
     int8_max_f1_drop: float = 0.003  # 0.3 F1 points
+    openvino_max_f1_drop: float = 0.003
     fp16_max_f1_drop: float = 0.003
     fp16_max_logit_diff: float = 0.05  # used when there are no dev sentences to score
     fp32_min_argmax_agreement: float = 0.99  # within 1e-3 only near-ties can flip
@@ -78,7 +79,7 @@ def export(
     out: str | Path,
     dev: str | Path | None = None,
     test: str | Path | None = None,
-    variants: tuple[str, ...] = ("fp32", "int8", "fp16"),
+    variants: tuple[str, ...] | None = None,
     stride: int | None = None,
     keep_failed: bool = False,
     tolerances: Tolerances | None = None,
@@ -94,6 +95,9 @@ def export(
     bundle's window (default: the training window, or for other models their positions, at
     most 512).
 
+    `variants`: which to build (fp32 always); default fp32, int8, fp16, and openvino when
+    OpenVINO and NNCF are installed (the `[openvino]` extra).
+
     `int8_ops`: what the int8 variant quantizes (INT8_OPS): "matmul" (default, the accurate
     one) or "matmul+attention" (the fused attention's Q/K/V projections as well: about 20%
     more tokens/s on AVX2 CPUs for about 0.25 test F1 on our MiniLM)."""
@@ -102,21 +106,29 @@ def export(
         raise NerbatchError(f"int8_ops must be one of {sorted(INT8_OPS)}, got {int8_ops!r}")
     out = Path(out)
     model, encoder, meta = load_checkpoint(checkpoint, max_length)
+    variants = default_variants() if variants is None else variants
     if "fp32" not in variants:
         raise NerbatchError("the fp32 variant is always exported (the others derive from it)")
+    if "openvino" in variants:
+        _require_openvino()
     dev = dev or _existing(meta.get("config", {}).get("dev"))
     dev_documents = _dev_documents(dev, max_dev_sentences)
+    max_length = meta["max_length"]
+    stride = default_stride(max_length) if stride is None else stride
+    calibration = None
+    if "openvino" in variants:
+        texts = calibration_texts(dev_documents, meta.get("config", {}).get("train"))
+        calibration = calibration_feeds(encoder, meta["labels"], (max_length, stride), texts)
 
     out.mkdir(parents=True, exist_ok=True)
     staging = out / ".staging"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     started = time.monotonic()
-    files, fused, inputs = build_variants(checkpoint, staging, variants, int8_ops, encoder)
+    built = build_variants(checkpoint, staging, variants, int8_ops, encoder, calibration)
+    files = built.files
 
     # Validation: the same tagger code over each backend.
-    max_length = meta["max_length"]
-    stride = default_stride(max_length) if stride is None else stride
     validation = validate_variants(
         files,
         torch_logits_fn(model),
@@ -134,6 +146,7 @@ def export(
         _fail_or_keep(validation, keep_failed, staging)
     for variant, file in files.items():
         validation.variants[variant]["sha256"] = sha256_of(file)
+        validation.variants[variant].update(built.notes.get(variant, {}))
     if "int8" in validation.variants:
         validation.variants["int8"]["int8_ops"] = int8_ops
     provenance = {
@@ -148,7 +161,7 @@ def export(
         encoder,
         meta,
         validation.variants,
-        graph={"opset": 17, "fused_ops": fused, "inputs": inputs, "output": "logits"},
+        graph={"opset": 17, "fused_ops": built.fused, "inputs": built.inputs, "output": "logits"},
         window=(max_length, stride),
         vocab_size=int(model.config.vocab_size),
         reference=provenance,
@@ -157,17 +170,48 @@ def export(
     )
 
 
+@dataclass
+class Built:
+    """What `build_variants` wrote: {variant: file}, the fusion counts, the graph's input names
+    and, per variant, extra bundle.json fields (the IR's weights file, how it was quantized)."""
+
+    files: dict[str, Path]
+    fused: dict[str, int]
+    inputs: list[str]
+    notes: dict[str, dict]
+
+
+def default_variants() -> tuple[str, ...]:
+    """fp32, int8, fp16, and openvino when OpenVINO and NNCF are installed."""
+    from . import openvino_backend
+
+    missing = openvino_backend.missing(quantizer=True)
+    if missing:
+        log.info("not building the openvino variant: %s", missing)
+        return ("fp32", "int8", "fp16")
+    return ("fp32", "int8", "fp16", "openvino")
+
+
+def _require_openvino() -> None:
+    from . import openvino_backend
+
+    missing = openvino_backend.missing(quantizer=True)
+    if missing:
+        raise NerbatchError(f"the openvino variant needs OpenVINO and NNCF: {missing}")
+
+
 def build_variants(
     checkpoint: str | Path,
     staging: Path,
     variants: tuple[str, ...],
     int8_ops: str = "matmul",
     encoder: TextEncoder | None = None,
-) -> tuple[dict[str, Path], dict[str, int], list[str]]:
-    """Write the ONNX file of each variant into `staging`: fp32 always (ONNX Runtime's
-    transformer fusions where they hold for the architecture, else the plain graph), int8 and
-    fp16 when asked, both derived from it. Returns {variant: file}, the fusion counts and the
-    graph's input names."""
+    calibration: list[dict] | None = None,
+) -> Built:
+    """Write the file of each variant into `staging`: fp32 always (ONNX Runtime's transformer
+    fusions where they hold for the architecture, else the plain graph), int8 and fp16 when
+    asked, both derived from it, and openvino (NNCF int8 of the plain graph, calibrated on
+    `calibration`: input feeds as annotate forms them, see `calibration_feeds`)."""
     # Eager attention traces to plain MatMul/Softmax, which ORT's optimizer fuses.
     from transformers import AutoModelForTokenClassification
 
@@ -177,7 +221,11 @@ def build_variants(
     raw = staging / "model.raw.onnx"
     inputs = _torch_export(export_model, raw)
     files = {"fp32": staging / VARIANT_FILES["fp32"]}
+    notes: dict[str, dict] = {}
     fused = _optimize(raw, files["fp32"], export_model, inputs, encoder)
+    if "openvino" in variants:
+        feeds = [{k: v for k, v in f.items() if k in inputs} for f in calibration or []]
+        files["openvino"], notes["openvino"] = _openvino_int8(raw, staging, feeds)
     raw.unlink()
     if "int8" in variants:
         files["int8"] = staging / VARIANT_FILES["int8"]
@@ -185,7 +233,63 @@ def build_variants(
     if "fp16" in variants:
         files["fp16"] = staging / VARIANT_FILES["fp16"]
         _to_fp16(files["fp32"], files["fp16"], export_model.config, fused_graph=bool(fused))
-    return files, fused, inputs
+    return Built(files, fused, inputs, notes)
+
+
+# The token classifier (the last MatMul) stays in f32 in the openvino variant: it is a tiny part
+# of the work, and its int8 rounding lands directly on the logits (docs/openvino.md).
+KEEP_FP32 = [".*classifier.*"]
+
+
+def _openvino_int8(raw: Path, staging: Path, calibration: list[dict]) -> tuple[Path, dict]:
+    from . import openvino_backend
+
+    if not calibration:
+        raise ExportError("the openvino variant needs calibration sentences")
+    target = staging / VARIANT_FILES["openvino"]
+    started = time.monotonic()
+    log.info("openvino: NNCF int8 quantization on %d calibration batches", len(calibration))
+    try:
+        info = openvino_backend.quantize(raw, target, calibration, keep_fp32=KEEP_FP32)
+    except Exception as e:  # broad: conversion and NNCF fail in many ways on odd graphs
+        raise ExportError(
+            f"the openvino variant cannot be built for this model ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:300]}); export without it (--variants fp32,int8,fp16)"
+        ) from e
+    weights = staging / WEIGHT_FILES["openvino"]
+    info["seconds"] = round(time.monotonic() - started, 1)
+    info["runtime"] = "openvino"
+    info["precision"] = "int8"
+    return target, {"weights": {"file": weights.name, "sha256": sha256_of(weights)}, **info}
+
+
+CALIBRATION_SENTENCES = 300
+
+
+def calibration_texts(dev_documents: list[Document] | None, train: str | None) -> list[str]:
+    """Up to CALIBRATION_SENTENCES sentences: dev, else the checkpoint's training file, else
+    the built-in sentences (with a warning)."""
+    documents = dev_documents or (read_conll(train) if _existing(train) else None)
+    if not documents:
+        log.warning("openvino: no dev or train sentences: calibrating on built-in sentences only")
+        return list(FALLBACK_SENTENCES)
+    sentences = sentences_of(documents)[:CALIBRATION_SENTENCES]
+    return [token_offsets(s.tokens)[0] for s in sentences]
+
+
+def calibration_feeds(
+    encoder: TextEncoder, labels: list[str], window: tuple[int, int], texts: list[str]
+) -> list[dict[str, np.ndarray]]:
+    """The model inputs annotate would feed for these texts (one document each, annotate's
+    default batching), captured from the Tagger itself: calibration sees what runs will."""
+    feeds = []
+
+    def capture(ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        feeds.append({"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+        return np.zeros((*ids.shape, len(labels)), dtype=np.float32)
+
+    Tagger(encoder, labels, capture, *window, TaggerOptions()).tag(texts)
+    return feeds
 
 
 def validate_variants(
@@ -235,7 +339,7 @@ def validate_variants(
         }
         validation.variants[variant] = entry
         try:
-            logits_fn = onnx_logits_fn(_cpu_session(file))
+            logits_fn = _logits_fn_of(file)
             logits = logits_fn(*probe)
         except Exception as e:  # broad: ORT raises its own classes (Fail, InvalidArgument, ...)
             entry["status"] = "does not run"
@@ -325,6 +429,8 @@ def write_bundle(
         file.replace(out / file.name)
     for variant in set(VARIANT_FILES) - set(results):
         (out / VARIANT_FILES[variant]).unlink(missing_ok=True)
+        if variant in WEIGHT_FILES:
+            (out / WEIGHT_FILES[variant]).unlink(missing_ok=True)
     staging.rmdir()
     return bundle
 
@@ -382,12 +488,29 @@ def _versions() -> dict[str, str]:
 
     from . import __version__
 
-    return {
+    versions = {
         "nerbatch": __version__,
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "onnxruntime": onnxruntime.__version__,
     }
+    try:
+        import openvino
+
+        versions["openvino"] = openvino.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def _logits_fn_of(file: Path) -> LogitsFn:
+    """A variant file's LogitsFn on the CPU: ONNX Runtime, or OpenVINO for an IR (in f32)."""
+    if file.suffix == ".xml":
+        from . import openvino_backend
+
+        compiled = openvino_backend.compile_model(file, "f32")
+        return openvino_backend.logits_fn(compiled)
+    return onnx_logits_fn(_cpu_session(file))
 
 
 def _cpu_session(file: Path):
@@ -579,7 +702,11 @@ def _check(variant: str, entry: dict, t: Tolerances) -> list[str]:
         problems.append(
             f"argmax agreement {entry['argmax_agreement']:.4f} < {t.fp32_min_argmax_agreement:g}"
         )
-    limits = {"int8": t.int8_max_f1_drop, "fp16": t.fp16_max_f1_drop}
+    limits = {
+        "int8": t.int8_max_f1_drop,
+        "fp16": t.fp16_max_f1_drop,
+        "openvino": t.openvino_max_f1_drop,
+    }
     if variant in limits:
         if "dev_f1_drop" in entry:
             if entry["dev_f1_drop"] > limits[variant]:

@@ -43,6 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .bundle import Bundle, load_bundle
+from .choices import RUNS
 from .errors import BundleError, InputError, Interrupted, MissingExtraError, NerbatchError
 from .readers import Document, InputFile, ReadOptions, Reject, printable, read_file
 from .run import (
@@ -50,7 +51,9 @@ from .run import (
     Committer,
     StopFlag,
     complete_summary,
+    log_runtime,
     prepared_output,
+    recorded_runtime,
     resume_point,
     run_settings,
     tag_in_chunks,
@@ -102,10 +105,20 @@ def annotate_ray(config: AnnotateConfig, silent: bool = True) -> dict:
     ray = _import_ray()
     bundle = load_bundle(config.model)
     variant = bundle.resolve_variant(config.variant, config.device)
-    bundle.verify(variant)  # here, before a cluster starts, as well as in every actor
+    # Each actor resolves `auto` on its own node (probe.py) and logs what it chose; the output
+    # records the runtime asked for, and a resumed `auto` run asks for the recorded one.
+    runtime = (recorded_runtime(config) if config.runtime == "auto" else None) or config.runtime
+    candidates = bundle.resolve_runtime(variant, config.device, runtime)[0]
+    for candidate in candidates:
+        bundle.verify(RUNS[(variant, candidate)])  # before a cluster starts, and in every actor
+    if len(candidates) == 1:  # `auto` without a choice to make (fp32, or one runtime here)
+        runtime = candidates[0]
     max_length, stride = _check_window(bundle, config)
-    settings = run_settings(config, variant, max_length, stride)
-    with prepared_output(config, bundle.bundle_id, settings) as (out, files, manifest):
+    settings = run_settings(config, variant, max_length, stride, runtime)
+    reason = "each Ray actor chooses on its node" if runtime == "auto" else f"--runtime {runtime}"
+    choice = {"runtime": runtime, "reason": reason}
+    prepared = prepared_output(config, bundle.bundle_id, settings, choice)
+    with prepared as (out, files, manifest):
         if manifest is None:
             return complete_summary(out)
         with (
@@ -117,8 +130,9 @@ def annotate_ray(config: AnnotateConfig, silent: bool = True) -> dict:
             if not manifest["complete"]:  # else killed before _SUCCESS: only that is left
                 first, skip, drop = resume_point(manifest)
                 workers = _workers(ray, config, gpus)
+                window = (max_length, stride)
                 dataset = _pipeline(
-                    ray, files, first, skip, config, variant, max_length, stride, workers, gpus
+                    ray, files, first, skip, config, (variant, runtime), window, workers, gpus
                 )
                 with contextlib.closing(_tagged_batches(dataset)) as batches:
                     consume(committer, batches, drop, stop)
@@ -165,7 +179,7 @@ def _check_options(config: AnnotateConfig) -> float:
             "--threads sets the local engine's ONNX Runtime threads; on Ray each worker runs "
             "--cpus-per-worker threads"
         )
-    if config.streams != 1:
+    if config.streams not in (0, 1):
         raise NerbatchError(
             "--streams is the local engine's; on Ray, run more workers (--num-workers)"
         )
@@ -279,9 +293,8 @@ def _pipeline(
     first: int,
     skip: int,
     config: AnnotateConfig,
-    variant: str,
-    max_length: int,
-    stride: int,
+    variant: tuple[str, str],
+    window: tuple[int, int],
     workers: int,
     gpus: float,
 ):
@@ -325,10 +338,11 @@ def _pipeline(
             batch_format="pyarrow",
             fn_constructor_kwargs={
                 "model": str(model),
-                "variant": variant,
+                "variant": variant[0],
+                "runtime": variant[1],
                 "device": config.device,
-                "max_length": max_length,
-                "stride": stride,
+                "max_length": window[0],
+                "stride": window[1],
                 "threads": config.ray.cpus_per_worker,
                 "options": asdict(config.tagger_options()),
                 "chunk_docs": config.chunk_docs,
@@ -463,6 +477,7 @@ class TaggerActor:
         self,
         model: str,
         variant: str,
+        runtime: str,
         device: str,
         max_length: int,
         stride: int,
@@ -481,6 +496,7 @@ class TaggerActor:
         self.tagger = bundle.tagger(
             variant,
             device,
+            runtime=runtime,
             max_length=max_length,
             stride=stride,
             threads=threads,
@@ -488,6 +504,7 @@ class TaggerActor:
         )
         self.chunk_docs = chunk_docs
         self.chunk_chars = chunk_chars
+        log_runtime(self.tagger.runtime)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()

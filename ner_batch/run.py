@@ -28,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from . import __version__
-from .choices import ENGINES
+from .choices import ENGINES, RUNTIMES
 from .errors import InputError, Interrupted, OptionError, OutputError
 from .output import (
     MANIFEST,
@@ -84,6 +84,7 @@ class AnnotateConfig:
     overwrite: bool = False
     engine: str = "local"  # "local" (annotate.py) or "ray" (ray_engine.py)
     ray: RayOptions = field(default_factory=RayOptions)
+    runtime: str = "auto"  # "onnxruntime", "openvino" or "auto" (timed at start: probe.py)
 
     def tagger_options(self) -> TaggerOptions:
         return TaggerOptions(self.batch_size, self.max_batch_tokens, self.segment, self.streams)
@@ -94,10 +95,12 @@ class AnnotateConfig:
         bundle is loaded."""
         if self.engine not in ENGINES:
             raise OptionError(f"unknown engine {self.engine!r}; expected one of {list(ENGINES)}")
+        if self.runtime not in RUNTIMES:
+            raise OptionError(f"unknown runtime {self.runtime!r}; expected one of {list(RUNTIMES)}")
         minimum = {
             "batch_size": 1,
             "max_batch_tokens": 1,
-            "streams": 1,
+            "streams": 0,
             "part_docs": 1,
             "chunk_docs": 1,
             "chunk_chars": 1,
@@ -316,16 +319,20 @@ def tag_in_chunks(
 # --- preparing an output -------------------------------------------------------------------------
 
 
-def run_settings(config: AnnotateConfig, variant: str, max_length: int, stride: int) -> dict:
+def run_settings(
+    config: AnnotateConfig, variant: str, max_length: int, stride: int, runtime: str
+) -> dict:
     """What an output is bound to: resuming it with other settings would mix two kinds of rows.
 
     The batching settings are among them: dynamic int8 quantisation scales each batch tensor as
     a whole, so a span's score (and, rarely, its label) depends on which windows share its
     batch. Batches are formed inside chunks whose bounds follow from these settings and the
     input alone, and runs commit only at chunk bounds, so a resumed run forms the batches of an
-    uninterrupted one, as long as these do not change."""
+    uninterrupted one, as long as these do not change. The runtime is one of them: OpenVINO's
+    and ONNX Runtime's logits differ (a resumed `--runtime auto` run takes the recorded one)."""
     return {
         "variant": variant,
+        "runtime": runtime,
         "max_length": max_length,
         "stride": stride,
         "segment": config.segment,
@@ -504,6 +511,7 @@ def _check_same_run(out: OutputDir, manifest: dict, inputs: list[dict], bundle_i
     old_settings = dict(manifest.get("settings", settings))
     for key in _UNRECORDED_BEFORE:
         old_settings.setdefault(key, settings[key])
+    old_settings.setdefault("runtime", "onnxruntime")  # the only one before 0.3
     if old_settings != settings:
         changed = [k for k in settings if old_settings.get(k) != settings[k]]
         raise OutputError(
@@ -529,6 +537,7 @@ def _new_manifest(
     settings: dict,
     files: list[InputFile],
     skipped: list[str],
+    runtime_choice: dict | None = None,
 ) -> dict:
     return {
         "format": MANIFEST_FORMAT,
@@ -537,6 +546,7 @@ def _new_manifest(
         "variant": settings["variant"],
         "device": config.device,
         "settings": settings,
+        "runtime_choice": runtime_choice,  # what --runtime chose and why (probe.py)
         "inputs": _inputs_record(files),
         # Local inputs only: whether an input that later grew still starts with these bytes.
         "fingerprints": {
@@ -570,6 +580,7 @@ def prepare_run(
     settings: dict,
     files: list[InputFile],
     skipped: list[str],
+    runtime_choice: dict | None = None,
 ) -> dict | None:
     """Under the output's lock: the manifest this run continues (the output's, or a new one),
     or None when the output is already complete and there is nothing to do."""
@@ -593,7 +604,7 @@ def prepare_run(
         log.info("output is already complete: nothing to do", extra={"event": "noop"})
         return None
     if manifest is None:
-        manifest = _new_manifest(config, bundle_id, settings, files, skipped)
+        manifest = _new_manifest(config, bundle_id, settings, files, skipped, runtime_choice)
     manifest["runs"] += 1
     try:
         out.remove(SUCCESS)
@@ -615,7 +626,7 @@ def prepare_run(
 
 @contextlib.contextmanager
 def prepared_output(
-    config: AnnotateConfig, bundle_id: str, settings: dict
+    config: AnnotateConfig, bundle_id: str, settings: dict, runtime_choice: dict | None = None
 ) -> Iterator[tuple[OutputDir, list[InputFile], dict | None]]:
     """The output, its input files and, under its lock, the manifest to continue (None when
     the output is already complete): what both engines do before any document is read."""
@@ -623,10 +634,32 @@ def prepared_output(
     files, skipped = input_files(config, out)
     make_output_dir(out)
     with RunLock(out):
-        manifest = prepare_run(out, config, bundle_id, settings, files, skipped)
+        manifest = prepare_run(out, config, bundle_id, settings, files, skipped, runtime_choice)
         if manifest is not None:
             _log_skipped(skipped)
+            if runtime_choice:
+                log_runtime(runtime_choice)
         yield out, files, manifest
+
+
+def log_runtime(choice: dict) -> None:
+    log.info(
+        "runtime %s: %s",
+        choice["runtime"],
+        choice["reason"],
+        extra={"event": "runtime", **{k: v for k, v in choice.items() if k != "reason"}},
+    )
+
+
+def recorded_runtime(config: AnnotateConfig) -> str | None:
+    """The runtime the output records, for a `--runtime auto` run that resumes it (its rows
+    stay those of one runtime); None for a new output or --overwrite."""
+    if config.overwrite:
+        return None
+    manifest = read_manifest(OutputDir(config.output))
+    if manifest is None:
+        return None
+    return manifest.get("settings", {}).get("runtime", "onnxruntime")
 
 
 def complete_summary(out: OutputDir) -> dict:
@@ -836,6 +869,7 @@ class Committer:
             "tokens_per_second": round(self.run_tokens / elapsed, 1) if elapsed > 0 else None,
             "bundle_id": m["bundle_id"],
             "variant": m["variant"],
+            "runtime": m["settings"].get("runtime", "onnxruntime"),
             "files": m.get("files"),
         }
         if counts["documents"] != counts["annotated"] + counts["rejected"]:

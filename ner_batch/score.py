@@ -150,6 +150,7 @@ def score(
     markdown_path: str | Path | None = None,
     png_prefix: str | Path | None = None,
     variant: str = "auto",
+    runtime: str = "auto",
     batch_size: int = 64,
     label_map: dict[str, str] | None = None,
     html_path: str | Path | None = None,
@@ -175,7 +176,7 @@ def score(
     sentences = sentences_of(documents)
     gold_tags = [s.tags for s in sentences]
     if model is not None:
-        tagger, source = load_tagger(model, variant=variant, batch_size=batch_size)
+        tagger, source = load_tagger(model, variant, batch_size, runtime)
         predicted = predict_gold(tagger, documents)
     else:
         predicted = tags_from_predictions(predictions, documents)
@@ -281,7 +282,7 @@ def parse_label_map(text: str | None) -> dict[str, str]:
 
 
 def load_tagger(
-    model: str | Path, variant: str = "auto", batch_size: int = 64
+    model: str | Path, variant: str = "auto", batch_size: int = 64, runtime: str = "auto"
 ) -> tuple[Tagger, str]:
     """A Tagger over a bundle (ONNX) or a training checkpoint (PyTorch), and a description."""
     path = Path(model)
@@ -291,8 +292,9 @@ def load_tagger(
     options = TaggerOptions(batch_size=batch_size, max_batch_tokens=8192)
     if (path / BUNDLE_FILE).is_file():
         bundle = load_bundle(path)
-        return bundle.tagger(variant=variant, options=options), (
-            f"bundle {path} ({bundle.resolve_variant(variant)})"
+        tagger = bundle.tagger(variant=variant, runtime=runtime, options=options)
+        return tagger, (
+            f"bundle {path} ({bundle.resolve_variant(variant)} on {tagger.runtime['runtime']})"
         )
     from .checkpoint import load_checkpoint, torch_logits_fn
 

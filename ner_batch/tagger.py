@@ -72,12 +72,13 @@ class TaggerOptions:
     `batch_size` windows per batch, also capped at `max_batch_tokens` padded positions (measured:
     32 beats 8 and 128 for int8 MiniLM on 2 cores); `segment` is a key of `choices.SEGMENTS`;
     `streams` > 1 runs that many batches at once from a thread pool (the LogitsFn must then be
-    thread-safe, as an ONNX Runtime session is)."""
+    thread-safe, as an ONNX Runtime session is); 0 lets Bundle.tagger choose the runtime's best
+    (1 on ONNX Runtime, OpenVINO's optimal number of requests), and is 1 anywhere else."""
 
     batch_size: int = 32
     max_batch_tokens: int = 4096
     segment: str = "lines"
-    streams: int = 1
+    streams: int = 0
 
     def check(self) -> None:
         """Raise ValueError naming the first option out of range."""
@@ -86,8 +87,9 @@ class TaggerOptions:
                 f"unknown segment mode {self.segment!r}; expected one of {list(SEGMENTS)}"
             )
         for name in ("batch_size", "max_batch_tokens", "streams"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            low = 0 if name == "streams" else 1
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
 
 
 class Tagger:
@@ -121,8 +123,10 @@ class Tagger:
         self.stride = stride
         self.batch_size = options.batch_size
         self.max_batch_tokens = options.max_batch_tokens
-        self.streams = options.streams
+        self.streams = options.streams or 1
         self._pool = None
+        # Which runtime computes the logits and why (set by Bundle.tagger; see probe.py).
+        self.runtime: dict = {"runtime": "custom", "reason": "a LogitsFn given directly"}
 
     def predict(self, encoded: Sequence[Encoded]) -> list[Prediction]:
         """Word-level predictions for each encoded text, in input order."""

@@ -849,6 +849,7 @@ def _run_section(out: OutputDir, manifest: dict, complete: bool) -> str:
             ("bundle id", esc(manifest.get("bundle_id", "-"))),
             ("bundle", esc(manifest.get("bundle", "-"))),
             ("variant", esc(manifest.get("variant", "-"))),
+            ("runtime", esc(manifest.get("settings", {}).get("runtime", "onnxruntime"))),
             ("device", esc(manifest.get("device", "-"))),
         ],
         [

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -215,8 +217,29 @@ def tiny_bundle(tmp_path_factory, tiny_checkpoint, tiny_conll) -> Path:
         tiny_checkpoint,
         out,
         dev=tiny_conll,
+        variants=("fp32", "int8", "fp16"),  # the openvino variant: test_openvino.py
         tolerances=Tolerances(int8_max_f1_drop=1.0, fp16_max_f1_drop=1.0),
     )
+    return out
+
+
+@pytest.fixture(scope="session")
+def ov_bundle(tmp_path_factory, tiny_checkpoint, tiny_conll) -> Path:
+    """The tiny checkpoint exported by the CLI with its default variants, which include openvino
+    when the [openvino] extra is installed (skips otherwise)."""
+    for module in ("openvino", "nncf"):
+        pytest.importorskip(module, reason="the [openvino] extra is not installed")
+    out = tmp_path_factory.mktemp("ov") / "tiny-ov"
+    # The CLI, default variants: with the extra installed they include openvino.
+    result = subprocess.run(
+        [sys.executable, "-m", "ner_batch.cli", "export", str(tiny_checkpoint), "--out", str(out)]
+        + ["--dev", str(tiny_conll), "--keep-failed"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "openvino: model.openvino.xml" in result.stdout
     return out
 
 

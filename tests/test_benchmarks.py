@@ -12,7 +12,8 @@ from pathlib import Path
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "throughput.py"
 
 
-def test_throughput_table_on_a_tiny_model(tmp_path, tiny_checkpoint, tiny_bundle, tiny_conll):
+def test_throughput_table_on_a_tiny_model(tmp_path, tiny_checkpoint, ov_bundle, tiny_conll):
+    """On a bundle with the openvino variant: the OpenVINO rows and the --isa-caps table too."""
     data = tmp_path / "conll"
     data.mkdir()
     for split in ("train", "test"):  # test: the timed texts; train: the scaling corpora's source
@@ -24,13 +25,15 @@ def test_throughput_table_on_a_tiny_model(tmp_path, tiny_checkpoint, tiny_bundle
             "--checkpoint",
             str(tiny_checkpoint),
             "--bundle",
-            str(tiny_bundle),
+            str(ov_bundle),
             "--data",
             str(data),
             "--repeat",
             "2",
             "--scaling",
             "0.02",
+            "--isa-caps",
+            "AVX2",
         ],
         capture_output=True,
         text=True,
@@ -45,10 +48,15 @@ def test_throughput_table_on_a_tiny_model(tmp_path, tiny_checkpoint, tiny_bundle
     }
     names = [
         "HF pipeline, PyTorch fp32 (baseline)",
-        "nerbatch annotate, int8 (default)",
-        "nerbatch annotate, int8, --streams 2",
-        "nerbatch annotate, fp32",
+        "nerbatch annotate CLI, default options (int8, --runtime auto)",
+        "nerbatch annotate, int8 on onnxruntime",
+        "nerbatch annotate, int8 on onnxruntime, --streams 2",
+        "nerbatch annotate, int8 on openvino",
+        "nerbatch annotate, bf16 on openvino",
+        "nerbatch annotate, fp32 on onnxruntime",
         "bare ORT int8 loop, model time only",
+        "bare OpenVINO int8 loop, model time only",
+        "bare OpenVINO bf16 loop, model time only",
     ]
     for name in names:
         assert name in rows, out
@@ -60,7 +68,12 @@ def test_throughput_table_on_a_tiny_model(tmp_path, tiny_checkpoint, tiny_bundle
     # Each system ran twice, in rounds.
     assert len(re.findall(r"^round [12]/2: ", out, re.M)) == 2 * len(names)
     # The pipeline and annotate fp32 score the same model: F1 is a number for both.
-    assert float(rows[names[0]][6]) >= 0 and float(rows[names[3]][6]) >= 0
+    assert float(rows[names[0]][6]) >= 0 and float(rows[names[6]][6]) >= 0
     assert "efficiency:" in out
+    assert "CPU: " in out and "--runtime auto chose" in out
+    for cap in ("none", "AVX2"):  # the probe's decision under each cap, and the run's speed
+        probe_ort, probe_ov, chosen, tokens_s, _ratio = rows[cap]
+        assert chosen in ("onnxruntime", "openvino")
+        assert float(probe_ov.replace(",", "")) > 0 and float(tokens_s.replace(",", "")) > 0
     scaling = rows["0.02"]
     assert int(scaling[0].replace(",", "")) > 0 and float(scaling[3].replace(",", "")) > 0

@@ -122,7 +122,11 @@ def test_unreadable_onnx_with_matching_checksum(bundle_copy):
 @pytest.mark.parametrize(
     ("variant", "device", "message"),
     [
-        ("fp64", "cpu", "unknown variant 'fp64'; expected one of ['auto', 'fp32', 'int8', 'fp16']"),
+        (
+            "fp64",
+            "cpu",
+            "unknown variant 'fp64'; expected one of ['auto', 'fp32', 'int8', 'fp16', 'bf16']",
+        ),
         ("auto", "tpu", "unknown device 'tpu'; expected one of ['cpu', 'cuda']"),
     ],
 )

@@ -96,7 +96,8 @@ def test_unknown_variant_is_a_usage_error(corpus, tiny_bundle, tmp_path):
     result = invoke("annotate", corpus, tmp_path / "out", "--model", tiny_bundle, "--variant", "q4")
     assert result.exit_code == 2
     assert result.stderr.endswith(
-        "Error: Invalid value for '--variant': 'q4' is not one of 'auto', 'fp32', 'int8', 'fp16'.\n"
+        "Error: Invalid value for '--variant': 'q4' is not one of 'auto', 'fp32', 'int8', 'fp16', "
+        "'bf16'.\n"
     )
     assert result.stderr.startswith("Usage: ")
 
@@ -221,7 +222,7 @@ def test_json_logs(tiny_bundle, tmp_path):
     for record in records:
         assert {"time", "level", "event", "message"} <= set(record)
     events = [r["event"] for r in records]
-    assert events == ["part", "part", "done"]
+    assert events == ["runtime", "part", "part", "done"]  # runtime: what ran the model, and why
     done = records[-1]
     assert (done["documents"], done["annotated"], done["rejected"]) == (3, 1, 2)
     assert done["bundle_id"] == load_bundle(tiny_bundle).bundle_id

@@ -451,3 +451,21 @@ def test_errors_from_workers_come_out_as_ours():
     assert _ray_error(RayTaskError(bundle_error)) is bundle_error
     other = _ray_error(raised(MemoryError("worker ran out"), RayTaskError(MemoryError("x"))))
     assert str(other).startswith("the Ray job failed: MemoryError: x; the output stays resumable")
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "auto"])
+def test_the_openvino_runtime_on_ray(cluster, run, ov_bundle, corpus, tmp_path, runtime):
+    """int8 on Ray with the openvino variant: `openvino` on every actor, or `auto`, which each
+    actor resolves on its node (and logs); the output is complete and has the local run's
+    documents and spans (static int8: batch composition changes scores by rounding only)."""
+    options = {"model": str(ov_bundle), "variant": "int8", "runtime": runtime}
+    local = {**options, "runtime": "openvino"}
+    reference = run([corpus], tmp_path / "local.parquet", **local)
+    summary = run([corpus], tmp_path / "ray.parquet", engine="ray", **options)
+    manifest = assert_complete(tmp_path / "ray.parquet")
+    assert manifest["settings"]["runtime"] == runtime
+    assert {k: summary[k] for k in COUNTS} == {k: reference[k] for k in COUNTS}
+    if runtime == "openvino":
+        keys = ("doc_id", "source", "start", "end", "label")
+        spans = [tuple(r[k] for k in keys) for r in rows_of(tmp_path / "ray.parquet")]
+        assert spans == [tuple(r[k] for k in keys) for r in rows_of(tmp_path / "local.parquet")]
