@@ -19,7 +19,7 @@ SPACY_VENV ?= .venv-spacy
 install: $(VENV)/.installed
 
 # torch is pinned by constraints.txt (the CPU wheel); the extras bring training, scoring, the Ray
-# engine and tests.
+# engine, OpenVINO with NNCF (the openvino variant and runtime) and tests.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
@@ -69,7 +69,7 @@ demo: $(BUNDLE)/bundle.json
 benchmark: $(BUNDLE)/bundle.json
 	$(BIN)/python benchmarks/quality.py --checkpoint $(RUN) --bundle $(BUNDLE) --data $(DATA)
 	$(BIN)/python benchmarks/throughput.py --checkpoint $(RUN) --bundle $(BUNDLE) --data $(DATA) \
-		$(if $(wildcard $(SPACY_VENV)/.installed),--spacy-python $(SPACY_VENV)/bin/python)
+		--isa-caps AVX2,AVX512_CORE_VNNI $(if $(wildcard $(SPACY_VENV)/.installed),--spacy-python $(SPACY_VENV)/bin/python)
 
 # Exit code 5 means pytest collected no tests: not a failure here.
 # Headless Chromium for the page test of tests/test_view.py: Debian's chromium package and an emoji

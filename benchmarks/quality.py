@@ -1,8 +1,10 @@
 """Quality table: dev and test F1 (overall and per type) of a checkpoint and its bundle.
 
-Rows: PyTorch on gold tokens, each ONNX variant on gold tokens, and the default variant end to
-end from raw text (gold turned into a corpus with `gold2corpus`, annotated, scored from the
-Parquet output) with one document per sentence and one per whole document.
+Rows: PyTorch on gold tokens, each ONNX variant on gold tokens (on ONNX Runtime; with the
+openvino variant and OpenVINO installed, also int8 and bf16 on OpenVINO), and the default options
+end to end from raw text (int8, `--runtime auto`: the row names what it chose; gold turned into
+a corpus with `gold2corpus`, annotated, scored from the Parquet output) with one document per
+sentence and one per whole document.
 
     python benchmarks/quality.py --checkpoint runs/minilm --bundle export/minilm \
         --data ../shared/data/conll2003 [--json work/quality.json]
@@ -17,6 +19,7 @@ import time
 from pathlib import Path
 
 from ner_batch.annotate import AnnotateConfig, annotate
+from ner_batch.bundle import load_bundle
 from ner_batch.corpus import gold_to_corpus
 from ner_batch.score import score
 
@@ -58,22 +61,27 @@ def main() -> None:
                 score(gold, model=args.checkpoint),
                 time.monotonic() - started,
             )
-            for variant in args.variants.split(","):
+            runs = [(v, "onnxruntime") for v in args.variants.split(",")]
+            if "openvino" in load_bundle(args.bundle).runtimes("int8")[0]:
+                runs += [("int8", "openvino"), ("bf16", "openvino")]
+            for variant, runtime in runs:
                 started = time.monotonic()
-                report = score(gold, model=args.bundle, variant=variant)
-                add(f"ONNX {variant}, gold tokens", split, report, time.monotonic() - started)
+                report = score(gold, model=args.bundle, variant=variant, runtime=runtime)
+                name = f"{'ONNX' if runtime == 'onnxruntime' else 'OpenVINO'} {variant}"
+                add(f"{name}, gold tokens", split, report, time.monotonic() - started)
             for unit in ("sentence", "document"):
                 corpus = Path(tmp) / f"{split}-{unit}.jsonl"
                 out = Path(tmp) / f"{split}-{unit}.parquet"
                 gold_to_corpus(gold, corpus, unit)
                 started = time.monotonic()
-                annotate(
+                summary = annotate(
                     AnnotateConfig(
                         inputs=[str(corpus)], output=str(out), model=args.bundle, overwrite=True
                     )
                 )
                 report = score(gold, predictions=out)
-                add(f"annotate int8, raw text by {unit}", split, report, time.monotonic() - started)
+                name = f"annotate int8 ({summary['runtime']}), raw text by {unit}"
+                add(name, split, report, time.monotonic() - started)
 
     metrics_file = Path(args.checkpoint) / "metrics.json"
     train_seconds = (

@@ -2,9 +2,14 @@
 
 Every system runs in its own subprocess on the same texts, so peak RSS (VmHWM) is its own.
 Rows: `transformers.pipeline("token-classification")` on the PyTorch checkpoint (batch 32,
-aggregation "first": the baseline), `nerbatch annotate` end to end (read -> tokenise -> infer ->
-spans -> Parquet) with the default int8 variant and with fp32, and a bare ONNX Runtime loop
-(model time only, length-sorted batches) for reference. Every system runs `--repeat` rounds
+aggregation "first": the baseline); the real `nerbatch annotate` command with its default options
+(int8, `--runtime auto`, its start-up probe in "load s"); `nerbatch annotate` end to end (read ->
+tokenise -> infer -> spans -> Parquet) with int8 on ONNX Runtime, int8 and bf16 on OpenVINO (when
+the bundle has the openvino variant and OpenVINO is installed) and fp32; and bare model loops
+(model time only, length-sorted batches) on ONNX Runtime and OpenVINO for reference. The table
+names the CPU and its int8/bf16 features; `--isa-caps AVX2,AVX512_CORE_VNNI` adds what `--runtime
+auto` chooses, and how fast the default command runs, with OpenVINO's oneDNN capped at each ISA
+(`ONEDNN_MAX_CPU_ISA`), i.e. as on such CPUs. Every system runs `--repeat` rounds
 (default 3), interleaved, so that a slow spell of a shared machine hits all rows alike; each row is
 its median round, with the range. Ratios are to the baseline measured in the same run. F1 is
 seqeval against the gold the texts came from. With `--device cuda` the baseline runs on the GPU
@@ -12,6 +17,7 @@ too and the annotate rows use the fp16 variant.
 
     python benchmarks/throughput.py --checkpoint runs/minilm --bundle export/minilm \
         --data ../shared/data/conll2003
+    python benchmarks/throughput.py ... --isa-caps AVX2,AVX512_CORE_VNNI   # + the probe per ISA
     python benchmarks/throughput.py ... --fast-bundle DIR   # + a row for another bundle's int8
     python benchmarks/throughput.py ... --engine ray --num-workers 2   # + a Ray engine row
     python benchmarks/throughput.py ... --scaling-only --scaling 5,20,50 \
@@ -219,8 +225,8 @@ def worker_bare_openvino(args) -> dict:
     precision = "bf16" if args.variant == "bf16" else "f32"
     streams = args.streams or 0
     compiled = openvino_backend.compile_model(file, precision, args.threads, streams)
-    run = openvino_backend.logits_fn(compiled)
-    batches = _sorted_batches(bundle, args)
+    run = openvino_backend.logits_fn(compiled, 0, bundle.meta["max_length"])
+    batches = _sorted_batches(bundle, args)  # padded with 0, as worker_bare_onnx's
     with ThreadPoolExecutor(streams or openvino_backend.optimal_requests(compiled)) as pool:
         list(pool.map(lambda feed: run(*feed.values()), batches))  # every shape once
         started = time.perf_counter()
@@ -390,14 +396,6 @@ def spawn(kind: str, python: str | None = None, env: dict | None = None, **optio
     if result.get("peak_rss_mb") is None:
         result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux reports KiB
     return result
-
-
-def _has_openvino(bundle: str) -> bool:
-    """The bundle has the openvino variant and OpenVINO is installed here."""
-    from ner_batch import openvino_backend
-    from ner_batch.bundle import load_bundle
-
-    return "openvino" in load_bundle(bundle).meta["variants"] and not openvino_backend.missing()
 
 
 def describe_cpu() -> str:
@@ -578,6 +576,8 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(result))
         return
 
+    from ner_batch.bundle import load_bundle
+
     data = Path(args.data)
     if args.tiny_bundle == "auto" and args.tiny_scaling:
         tiny_dir = tempfile.TemporaryDirectory()  # removed when the driver exits
@@ -601,7 +601,8 @@ def main() -> None:
                     lambda: spawn("pipeline", checkpoint=args.checkpoint, data=args.data),
                 )
             )
-        with_openvino = fast == "int8" and _has_openvino(args.bundle)
+        runtimes = load_bundle(args.bundle).runtimes("int8")[0]
+        with_openvino = fast == "int8" and "openvino" in runtimes
         systems.append(
             (
                 f"nerbatch annotate CLI, default options ({fast}, --runtime auto)",
@@ -723,7 +724,8 @@ def main() -> None:
             f"\nefficiency: {tokens / default['seconds']:,.0f} tokens/s x {per_token / 1e6:.1f} "
             f"MFLOP/token (2 x MatMul weights + attention at {seq:.0f} tokens) = "
             f"{achieved:.1f} GFLOP/s of a {peak:.0f} GFLOP/s fp32 peak ({peak_how}): "
-            f"{100 * achieved / peak:.1f}%"
+            f"{100 * achieved / peak:.1f}% (int8 ops counted as FLOPs: VNNI's int8 peak is "
+            "about 4x the fp32 one)"
         )
 
     if not args.scaling_only:
@@ -735,7 +737,11 @@ def main() -> None:
                 )
     if args.isa_caps and not args.scaling_only:
         base_row = rows[0][1] if not args.skip_pipeline else None
-        print("\n`--runtime auto` with OpenVINO's oneDNN capped (ONEDNN_MAX_CPU_ISA), default CLI:")
+        rounds = range(args.repeat)
+        print(
+            "\n`--runtime auto` with OpenVINO's oneDNN capped (ONEDNN_MAX_CPU_ISA), default CLI, "
+            f"median of {args.repeat} runs:"
+        )
         print(
             "| ONEDNN_MAX_CPU_ISA | probe onnxruntime tok/s | probe openvino tok/s | chosen "
             "| annotate tokens/s | x baseline |"
@@ -743,7 +749,8 @@ def main() -> None:
         print("| --- | ---: | ---: | --- | ---: | ---: |")
         for cap in ["none", *args.isa_caps.split(",")]:
             env = {} if cap == "none" else {"ONEDNN_MAX_CPU_ISA": cap}
-            r = spawn("cli", env=env, bundle=args.bundle, data=args.data)
+            runs = [spawn("cli", env=env, bundle=args.bundle, data=args.data) for _ in rounds]
+            r = sorted(runs, key=lambda x: x["seconds"])[len(runs) // 2]  # the median run
             speeds = r["runtime_choice"].get("tokens_per_second", {})
             ratio = f"{base_row['seconds'] / r['seconds']:.2f}" if base_row else "-"
             print(

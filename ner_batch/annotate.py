@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .bundle import load_bundle
-from .errors import Interrupted
+from .errors import Interrupted, OptionError
 from .features import Encoded
 from .readers import Document, InputFile, ReadOptions, Reject, read_file
 from .run import (
@@ -51,15 +51,23 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
     with StopFlag() as stop:  # from the start: a SIGTERM while the bundle loads stops cleanly
         bundle = load_bundle(config.model)
         recorded = recorded_runtime(config) if config.runtime == "auto" else None
-        tagger = bundle.tagger(
-            config.variant,
-            config.device,
-            runtime=recorded or config.runtime,
-            max_length=config.max_length,
-            stride=config.stride,
-            threads=config.threads,
-            options=config.tagger_options(),
-        )
+        try:
+            tagger = bundle.tagger(
+                config.variant,
+                config.device,
+                runtime=recorded or config.runtime,
+                max_length=config.max_length,
+                stride=config.stride,
+                threads=config.threads,
+                options=config.tagger_options(),
+            )
+        except OptionError as e:
+            if not recorded:
+                raise
+            raise OptionError(
+                f"{config.output} was begun with runtime {recorded}, which a resumed run keeps, "
+                f"but here {e}; resume it where {recorded} runs, or pass --overwrite"
+            ) from e
         choice = tagger.runtime
         if recorded:
             choice = {"runtime": recorded, "reason": "recorded by the run that began the output"}

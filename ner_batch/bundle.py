@@ -1,14 +1,17 @@
 """Model bundles: the directory `nerbatch export` writes and `nerbatch annotate` reads.
 
 `bundle.json` describes the bundle (format version, labels, window, tokenizer settings, one entry
-per ONNX variant with its file, sha256 and measured agreement with PyTorch); `tokenizer.json` and
-the `model*.onnx` files sit beside it. Every defect is a BundleError naming the bundle, the field
-or file and what was expected, before any work starts: `load_bundle` checks bundle.json's whole
+per variant with its file(s), sha256 and measured agreement with PyTorch); `tokenizer.json`, the
+`model*.onnx` files and the openvino variant's IR sit beside it. `Bundle.tagger` runs a variant on
+ONNX Runtime or OpenVINO (openvino_backend.py; `auto` times both: probe.py).
+
+Every defect is a BundleError naming the bundle, the field or file and what was expected, before
+any work starts: `load_bundle` checks bundle.json's whole
 structure; `Bundle.tagger` checks the checksums of the files it will use, the session's inputs and
 its number of output labels, and runs the model once on a full window so that a window longer
 than the model's positions is refused up front (by the recorded `max_positions` when the bundle
 has it). It does not repair bundles (export again) or read the files of variants it does not use.
-Runtime-only: onnxruntime, tokenizers, numpy.
+Runtime-only: onnxruntime, tokenizers, numpy (and openvino, when installed and asked for).
 """
 
 from __future__ import annotations
@@ -100,8 +103,8 @@ class Bundle:
                 )
             elif runtime == "openvino" and device != "cpu":
                 why_not[runtime] = f"nerbatch runs OpenVINO on the CPU only, not --device {device}"
-            elif runtime == "openvino" and openvino_backend.missing():
-                why_not[runtime] = openvino_backend.missing()
+            elif runtime == "openvino" and (missing := openvino_backend.missing()):
+                why_not[runtime] = missing
             else:
                 usable.append(runtime)
         return usable, why_not
@@ -385,7 +388,7 @@ class Bundle:
         for name in candidates:
             entry = RUNS[(variant, name)]
             session, logits_fn, streams[name] = self._backend(
-                name, variant, device, threads, options
+                name, variant, device, threads, options, (encoder.pad_id, max_length)
             )
             file = self.meta["variants"][entry]["file"]
             self._check_runs(session, encoder, file, max_length, length_chosen)
@@ -416,9 +419,11 @@ class Bundle:
         device: str,
         threads: int,
         options: TaggerOptions,
+        padding: tuple[int, int],
     ):
         """(a session for the bundle checks, the Tagger's LogitsFn, its number of streams) of the
-        precision `variant` on `runtime`; the graph's inputs and outputs are checked."""
+        precision `variant` on `runtime`; the graph's inputs and outputs are checked. `padding`:
+        the pad id and the window, for OpenVINO's sequence padding."""
         entry = RUNS[(variant, runtime)]
         file = self.path / self.meta["variants"][entry]["file"]
         if runtime == "openvino":
@@ -427,7 +432,8 @@ class Bundle:
             session = openvino_backend.SessionLike(compiled)
             self._check_graph(session, file.name)
             streams = options.streams or openvino_backend.optimal_requests(compiled)
-            return session, openvino_backend.logits_fn(compiled), streams
+            pad_id, max_length = padding
+            return session, openvino_backend.logits_fn(compiled, pad_id, max_length), streams
         streams = options.streams or 1
         total = threads or os.cpu_count() or 1
         per_run = threads if streams == 1 else max(1, total // streams)

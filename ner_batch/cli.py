@@ -231,6 +231,17 @@ def train_cli(
     )
 
 
+# annotate's and score's --runtime.
+RUNTIME_OPTION = click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="auto",
+    show_default=True,
+    help="auto: for int8, OpenVINO (the bundle's openvino variant) or ONNX Runtime, whichever "
+    "a 2 s probe at start-up finds faster here (annotate records it and keeps it on resume).",
+)
+
+
 @cli.command("export")
 @click.argument("model")
 @click.option(
@@ -343,14 +354,7 @@ def export_cli(
     show_default=True,
     help="cpu, or cuda (needs onnxruntime-gpu).",
 )
-@click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default="auto",
-    show_default=True,
-    help="auto: for int8, OpenVINO (the bundle's openvino variant) or ONNX Runtime, whichever "
-    "a 2 s probe at start-up finds faster here; recorded, and kept when resuming.",
-)
+@RUNTIME_OPTION
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -581,13 +585,7 @@ def annotate_cli(
     show_default=True,
     help="Bundle variant to score (as annotate's --variant).",
 )
-@click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default="auto",
-    show_default=True,
-    help="As annotate's --runtime: onnxruntime, openvino, or auto (the faster here).",
-)
+@RUNTIME_OPTION
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON."
 )

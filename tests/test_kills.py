@@ -120,21 +120,26 @@ def test_sigterm_at_random_moments_resumes_to_identical_int8_rows(tiny_bundle, t
     assert stops, "at least one run was stopped"
 
 
-def test_a_resume_with_other_batching_is_refused(tiny_bundle, tmp_path):
-    corpus = write_corpus(tmp_path / "in", 300)
-    out = tmp_path / "out.parquet"
-    options = ("--model", str(tiny_bundle), "--part-docs", "40")
+def kill_once_begun(corpus: Path, out: Path, *options: str) -> None:
+    """Start the CLI and SIGKILL it as soon as its first manifest exists (before any commit)."""
     process = subprocess.Popen(
         cli("annotate", str(corpus), str(out), *options),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    for _ in range(600):
+    for _ in range(3000):
         if (out / "_manifest.json").exists():
             break
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def test_a_resume_with_other_batching_is_refused(tiny_bundle, tmp_path):
+    corpus = write_corpus(tmp_path / "in", 300)
+    out = tmp_path / "out.parquet"
+    options = ("--model", str(tiny_bundle), "--part-docs", "40")
+    kill_once_begun(corpus, out, *options)
     other = annotate(corpus, out, *options, "--batch-size", "8")
     assert other.returncode == 1
     assert "batch_size 32, now 8" in other.stderr

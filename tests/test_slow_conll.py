@@ -58,5 +58,9 @@ def test_minilm_pipeline_on_conll(tmp_path, conll_dir):
     end_to_end = tmp_path / "e2e.json"
     run("score", "--predictions", str(spans), str(data / "test.txt"), "--json", str(end_to_end))
     e2e_f1 = json.loads(end_to_end.read_text())["default"]["micro"]["f1"]
-    int8_on_gold = variants["int8"]["test_f1"]
-    assert abs(e2e_f1 - int8_on_gold) <= 0.005, (e2e_f1, int8_on_gold)
+    # The default options run int8 on whichever runtime `--runtime auto` found faster here.
+    runtime = json.loads((spans / "_manifest.json").read_text())["settings"]["runtime"]
+    int8_on_gold = variants["openvino" if runtime == "openvino" else "int8"]["test_f1"]
+    assert abs(e2e_f1 - int8_on_gold) <= 0.005, (runtime, e2e_f1, int8_on_gold)
+    if "openvino" in variants:  # NNCF's static int8: within 0.3 F1 of fp32, like the others
+        assert variants["fp32"]["test_f1"] - variants["openvino"]["test_f1"] <= 0.003
