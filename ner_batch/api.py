@@ -54,7 +54,6 @@ class Annotator:
         self.chunk_docs = defaults.chunk_docs
         self.chunk_chars = defaults.chunk_chars
         self.part_docs = defaults.part_docs
-        self.runtime = self.tagger.runtime["runtime"]  # what ran, and why: self.tagger.runtime
 
     def __call__(self, texts: Iterable[str]) -> list[list[dict]]:
         texts = list(texts)
@@ -77,6 +76,11 @@ class Annotator:
             ]
             for text, (_, spans) in zip(texts, tagged, strict=True)
         ]
+
+    @property
+    def runtime(self) -> str:
+        """The runtime that runs the model (why: `self.tagger.runtime`)."""
+        return self.tagger.runtime["runtime"]
 
     def __repr__(self) -> str:
         return (

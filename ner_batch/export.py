@@ -105,12 +105,14 @@ def export(
     if int8_ops not in INT8_OPS:
         raise NerbatchError(f"int8_ops must be one of {sorted(INT8_OPS)}, got {int8_ops!r}")
     out = Path(out)
-    model, encoder, meta = load_checkpoint(checkpoint, max_length)
-    variants = default_variants() if variants is None else variants
+    # Before the checkpoint loads: a variant that cannot be built fails at once.
+    if variants is None:
+        variants = default_variants()  # openvino only where OpenVINO and NNCF are installed
+    elif "openvino" in variants:
+        _require_openvino()
     if "fp32" not in variants:
         raise NerbatchError("the fp32 variant is always exported (the others derive from it)")
-    if "openvino" in variants:
-        _require_openvino()
+    model, encoder, meta = load_checkpoint(checkpoint, max_length)
     dev = dev or _existing(meta.get("config", {}).get("dev"))
     dev_documents = _dev_documents(dev, max_dev_sentences)
     max_length = meta["max_length"]
