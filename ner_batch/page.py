@@ -12,7 +12,7 @@ offsets point: never in JavaScript, whose strings count UTF-16 units (an emoji i
 `check_spans` sorts out the spans that cannot be drawn (out of range, overlapping, not matching
 the text) so a damaged output is reported instead of drawn wrongly.
 
-It does not read outputs, inputs or scores: view.py and report.py pass it plain values.
+It does not read outputs, inputs or scores: view_page.py and report.py pass it plain values.
 """
 
 from __future__ import annotations
