@@ -11,11 +11,13 @@ entity with no gold on its span is spurious.
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from .conll import chunks
+from .storage import write_file
 
 MISSED = "missed"
 SPURIOUS = "spurious"
@@ -117,6 +119,16 @@ def _pyplot():
     return plt
 
 
+def _save_png(fig, path: str | Path) -> None:
+    """The figure as a PNG to a local path (atomically) or an object-store URI; closes it."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=120)
+    finally:
+        _pyplot().close(fig)
+    write_file(path, buffer.getvalue())
+
+
 def plot_per_type(report: dict, path: str | Path, title: str = "") -> None:
     """Grouped bars of precision, recall and F1 per type (seqeval default mode) + micro avg."""
     import numpy as np
@@ -141,8 +153,7 @@ def plot_per_type(report: dict, path: str | Path, title: str = "") -> None:
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def plot_confusion(confusion: dict, path: str | Path, title: str = "") -> None:
@@ -174,8 +185,7 @@ def plot_confusion(confusion: dict, path: str | Path, title: str = "") -> None:
             )
     ax.set_title(title or "entity type confusion (exact spans)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save_png(fig, path)
 
 
 def error_examples(

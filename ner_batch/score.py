@@ -4,8 +4,9 @@ Two sources of predictions: a model (a training checkpoint or an ONNX bundle) ru
 sentences, or an annotate output (Parquet spans) made from a corpus that `nerbatch gold2corpus`
 built from the gold file, whose spans are mapped back onto the gold tokens. Both go through the
 same span -> token-tag mapping, so the two numbers differ only by what the model saw.
-It does not train or export: a checkpoint is read through `checkpoint.py`, a bundle through
-`bundle.py`.
+It does not train or export: a checkpoint is read through `checkpoint.py`, a bundle (a local
+directory or an object-store URI) through `bundle.py`. Reports go through `storage.write_file`:
+whole or not at all, to local paths or URIs.
 """
 
 from __future__ import annotations
@@ -13,13 +14,24 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .conll import Document, read_conll, sentences_of, token_offsets
 from .errors import MissingExtraError, NerbatchError
+from .storage import is_uri, local_path, write_file
 from .tagger import Tagger, TaggerOptions, default_stride, token_tags
 
 MODES = ("default", "strict")
+
+# How a model is batched when it is scored (score, and export's validation of its variants):
+# windows per batch, and padded positions per batch at most (annotate's default is 4096).
+SCORING_BATCH_SIZE = 64
+SCORING_MAX_BATCH_TOKENS = 8192
+
+
+def scoring_options(batch_size: int = SCORING_BATCH_SIZE) -> TaggerOptions:
+    """The TaggerOptions a model is scored with."""
+    return TaggerOptions(batch_size=batch_size, max_batch_tokens=SCORING_MAX_BATCH_TOKENS)
 
 
 def predict_gold(tagger: Tagger, documents: Sequence[Document], chunk: int = 512):
@@ -151,7 +163,7 @@ def score(
     png_prefix: str | Path | None = None,
     variant: str = "auto",
     runtime: str = "auto",
-    batch_size: int = 64,
+    batch_size: int = SCORING_BATCH_SIZE,
     label_map: dict[str, str] | None = None,
     html_path: str | Path | None = None,
 ) -> dict:
@@ -164,7 +176,8 @@ def score(
     report's `unmapped_types`.
 
     `png_prefix` P writes `P.per_type.png` and `P.confusion.png`; by default they go beside the
-    Markdown report (same name without `.md`). `html_path` writes one self-contained HTML page:
+    Markdown report (same name without `.md`). Each report may be a local path or an object-store
+    URI, and so may `model` when it is a bundle. `html_path` writes one self-contained HTML page:
     the tables, the confusion heat map, the error examples with gold and predicted entities side
     by side, and the training curves when `model` is a checkpoint with a metrics.json.
     """
@@ -189,7 +202,7 @@ def score(
     report["confusion"] = type_confusion(gold_tags, predicted)
     report["errors"] = top_errors([s.tokens for s in sentences], gold_tags, predicted)
     if png_prefix is None and markdown_path is not None:
-        png_prefix = str(Path(markdown_path).with_suffix(""))
+        png_prefix = _without_suffix(str(markdown_path))
     if png_prefix is not None:
         title = f"{Path(str(source).split(' (')[0].split()[-1]).name} on {Path(gold).name}"
         report["charts"] = {
@@ -201,7 +214,7 @@ def score(
             report["confusion"], report["charts"]["confusion"], f"type confusion: {title}"
         )
     if json_path:
-        Path(json_path).write_text(json.dumps(report, indent=2))
+        write_file(json_path, json.dumps(report, indent=2))
     if markdown_path:
         text = (
             markdown_report(report) + "\n" + markdown_details(report["confusion"], report["errors"])
@@ -210,7 +223,7 @@ def score(
             text += "".join(
                 f"\n![{name}]({Path(file).name})\n" for name, file in report["charts"].items()
             )
-        Path(markdown_path).write_text(text)
+        write_file(markdown_path, text)
     if html_path:
         write_html_report(report, html_path, sentences, gold_tags, predicted, model)
     return report
@@ -230,15 +243,22 @@ def write_html_report(
 
     examples = error_examples([s.tokens for s in sentences], gold_tags, predicted, report["errors"])
     epochs = None
-    metrics = Path(model) / "metrics.json" if model is not None else None
+    local_model = model is not None and not is_uri(str(model))
+    metrics = Path(local_path(str(model))) / "metrics.json" if local_model else None
     if metrics is not None and metrics.is_file():
         try:
             epochs = json.loads(metrics.read_text()).get("epochs")
         except (OSError, ValueError, AttributeError):
             epochs = None  # an unreadable metrics.json only costs the curves
-    path = Path(html_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(html_report(report, examples, epochs), encoding="utf-8")
+    write_file(html_path, html_report(report, examples, epochs))
+
+
+def _without_suffix(location: str) -> str:
+    """`location` without the suffix of its last name (`s3://b/score.md` -> `s3://b/score`)."""
+    if is_uri(location):
+        scheme, rest = location.split("://", 1)
+        return f"{scheme}://{PurePosixPath(rest).with_suffix('')}"
+    return str(Path(location).with_suffix(""))
 
 
 def map_types(
@@ -282,19 +302,26 @@ def parse_label_map(text: str | None) -> dict[str, str]:
 
 
 def load_tagger(
-    model: str | Path, variant: str = "auto", batch_size: int = 64, runtime: str = "auto"
+    model: str | Path,
+    variant: str = "auto",
+    batch_size: int = SCORING_BATCH_SIZE,
+    runtime: str = "auto",
 ) -> tuple[Tagger, str]:
-    """A Tagger over a bundle (ONNX) or a training checkpoint (PyTorch), and a description."""
-    path = Path(model)
+    """A Tagger over a bundle (ONNX) or a training checkpoint (PyTorch), and a description.
+
+    `model` is a bundle when it is an object-store URI (a checkpoint is only ever local) or a
+    local directory with a bundle.json; anything else is read as a checkpoint."""
     from .bundle import BUNDLE_FILE, load_bundle
 
-    # Scoring has always batched up to 8192 padded positions (annotate's default is 4096).
-    options = TaggerOptions(batch_size=batch_size, max_batch_tokens=8192)
-    if (path / BUNDLE_FILE).is_file():
-        bundle = load_bundle(path)
+    options = scoring_options(batch_size)
+    location = str(model)
+    path = Path(local_path(location))
+    if is_uri(location) or (path / BUNDLE_FILE).is_file():
+        bundle = load_bundle(location)
         tagger = bundle.tagger(variant=variant, runtime=runtime, options=options)
+        where = location if is_uri(location) else path
         return tagger, (
-            f"bundle {path} ({bundle.resolve_variant(variant)} on {tagger.runtime['runtime']})"
+            f"bundle {where} ({bundle.resolve_variant(variant)} on {tagger.runtime['runtime']})"
         )
     from .checkpoint import load_checkpoint, torch_logits_fn
 

@@ -13,11 +13,13 @@ Locations are logged as given, so do not put secrets in URIs.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
-from .errors import InputError
+from .errors import InputError, OutputError
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -82,3 +84,38 @@ def copy_to_local(remote: Remote, destination: str) -> None:
     ):
         shutil.copyfileobj(src, dst, 1 << 20)
     os.replace(tmp, destination)
+
+
+def write_file(location: str | os.PathLike, data: bytes | str) -> None:
+    """Write one whole file (a `str` as UTF-8) to a local path or an object-store URI: a reader
+    sees the old file or the new one, never a part of it.
+
+    A local file is written beside its destination under a temporary name of this process,
+    fsynced, then renamed over it (its directories are created first); the temporary file never
+    outlives a failure. An object appears when its upload completes. Raises OutputError naming
+    the location.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    location = os.fspath(location)
+    try:
+        if is_uri(location):
+            remote = open_remote(location)
+            with remote.filesystem.open_output_stream(remote.path) as f:
+                f.write(data)
+            return
+        path = local_path(location)
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        directory, name = os.path.split(path)
+        tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    except OSError as e:
+        raise OutputError(f"cannot write {location}: {e.strerror or e}") from e

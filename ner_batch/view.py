@@ -27,34 +27,12 @@ from pathlib import Path
 
 from .errors import OutputError
 from .output import MANIFEST, SUCCESS, OutputDir, read_manifest
-from .storage import is_uri, open_remote
+from .storage import write_file
 from .view_inputs import input_problems, input_rows, read_texts, reject_summary
 from .view_page import RunFacts, render_view
 from .view_scan import Scan, ViewOptions, read_sample_rows, scan
 
 __all__ = ["ViewOptions", "build_view", "view"]
-
-
-def _write(location: str | Path, text: str) -> None:
-    """The page to a local path (written under a temporary name, then renamed) or a URI."""
-    data = text.encode("utf-8")
-    location = str(location)
-    try:
-        if is_uri(location):
-            remote = open_remote(location)
-            with remote.filesystem.open_output_stream(remote.path) as f:
-                f.write(data)
-            return
-        path = Path(location)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot write {location}: {e.strerror or e}") from e
 
 
 def _open_output(output: str | Path) -> tuple[OutputDir, dict, list[str], list[str]]:
@@ -175,6 +153,6 @@ def view(
     """Write the HTML page of the annotate output at `output` to `html_path` (a local path or a
     URI); returns a summary (documents sampled, problems, seconds per phase)."""
     html_text, summary = build_view(output, options)
-    _write(html_path, html_text)
+    write_file(html_path, html_text)
     summary["html"] = str(html_path)
     return summary

@@ -308,3 +308,34 @@ def test_cli_score_png_writes_both_charts(tiny_bundle, tiny_conll, tmp_path):
         "tiny.confusion.png",
         "tiny.per_type.png",
     ]
+
+
+# --- how a model is batched when scored ----------------------------------------------------------
+
+
+def test_scoring_batching_is_defined_once(tiny_bundle, monkeypatch):
+    """score's batching comes from score.py's constants (export validates with the same), not from
+    numbers written where a Tagger is made."""
+    import inspect
+
+    import ner_batch.score as score_module
+    from ner_batch.score import (
+        SCORING_BATCH_SIZE,
+        SCORING_MAX_BATCH_TOKENS,
+        load_tagger,
+        score,
+        scoring_options,
+    )
+
+    assert inspect.signature(score).parameters["batch_size"].default == SCORING_BATCH_SIZE
+    assert inspect.signature(load_tagger).parameters["batch_size"].default == SCORING_BATCH_SIZE
+    options = scoring_options()
+    assert (options.batch_size, options.max_batch_tokens) == (64, 8192)
+    tagger, _ = load_tagger(tiny_bundle, variant="fp32")
+    assert (tagger.batch_size, tagger.max_batch_tokens) == (
+        SCORING_BATCH_SIZE,
+        SCORING_MAX_BATCH_TOKENS,
+    )
+    monkeypatch.setattr(score_module, "SCORING_MAX_BATCH_TOKENS", 1024)
+    tagger, _ = load_tagger(tiny_bundle, variant="fp32", batch_size=8)
+    assert (tagger.batch_size, tagger.max_batch_tokens) == (8, 1024)
