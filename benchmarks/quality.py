@@ -21,6 +21,7 @@ from pathlib import Path
 from ner_batch.annotate import AnnotateConfig, annotate
 from ner_batch.bundle import load_bundle
 from ner_batch.corpus import gold_to_corpus
+from ner_batch.runtimes import usable
 from ner_batch.score import score
 
 
@@ -62,7 +63,7 @@ def main() -> None:
                 time.monotonic() - started,
             )
             runs = [(v, "onnxruntime") for v in args.variants.split(",")]
-            if "openvino" in load_bundle(args.bundle).runtimes("int8")[0]:
+            if "openvino" in usable(load_bundle(args.bundle), "int8")[0]:
                 runs += [("int8", "openvino"), ("bf16", "openvino")]
             for variant, runtime in runs:
                 started = time.monotonic()

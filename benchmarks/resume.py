@@ -37,9 +37,10 @@ from throughput import build_tiny_bundle, make_corpus  # noqa: E402
 
 import ner_batch.annotate as annotate_module  # noqa: E402
 from ner_batch.annotate import AnnotateConfig, annotate  # noqa: E402
+from ner_batch.manifest import Manifest  # noqa: E402
 from ner_batch.output import OutputDir  # noqa: E402
+from ner_batch.plan import input_files, resume_point  # noqa: E402
 from ner_batch.readers import ReadOptions  # noqa: E402
-from ner_batch.run import input_files, resume_point  # noqa: E402
 
 
 class Crash(Exception):
@@ -137,7 +138,7 @@ def main() -> None:
         if not keep_position:
             del state["position"]
         (out / "_manifest.json").write_text(json.dumps(state))
-        first, skip, drop = resume_point(state)
+        first, skip, drop = resume_point(Manifest.from_json(state))
         files, _ = input_files(config(out), OutputDir(out))
         read_seconds, read_docs = timed_read(files, first, skip)
         started = time.monotonic()

@@ -162,7 +162,7 @@ def worker_annotate(args) -> dict:
                 streams=args.streams or 0,  # rows without --streams: the default
                 runtime=args.runtime,
                 engine=args.engine,
-                ray=RayOptions(num_workers=args.num_workers),
+                ray=RayOptions(num_workers=args.num_workers if args.engine == "ray" else None),
             )
         )
         # Timed like the baseline, whose model load is not timed either: from the first
@@ -216,21 +216,26 @@ def worker_bare_openvino(args) -> dict:
     or, for --variant bf16, its fp32 graph in bf16; `--streams` concurrent requests."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from ner_batch import openvino_backend
+    from ner_batch import backends
     from ner_batch.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
     name = "fp32" if args.variant == "bf16" else "openvino"
     file = bundle.path / bundle.meta["variants"][name]["file"]
     precision = "bf16" if args.variant == "bf16" else "f32"
-    streams = args.streams or 0
-    compiled = openvino_backend.compile_model(file, precision, args.threads, streams)
-    run = openvino_backend.logits_fn(compiled, 0, bundle.meta["max_length"])
+    model = backends.load(
+        "openvino",
+        file,
+        precision=precision,
+        threads=args.threads,
+        streams=args.streams or 0,
+        padding=(0, bundle.meta["max_length"]),
+    )
     batches = _sorted_batches(bundle, args)  # padded with 0, as worker_bare_onnx's
-    with ThreadPoolExecutor(streams or openvino_backend.optimal_requests(compiled)) as pool:
-        list(pool.map(lambda feed: run(*feed.values()), batches))  # every shape once
+    with ThreadPoolExecutor(model.streams) as pool:
+        list(pool.map(lambda feed: model.logits(*feed.values()), batches))  # every shape once
         started = time.perf_counter()
-        list(pool.map(lambda feed: run(*feed.values()), batches))
+        list(pool.map(lambda feed: model.logits(*feed.values()), batches))
     return {"seconds": time.perf_counter() - started, "documents": _documents(batches)}
 
 
@@ -262,16 +267,18 @@ def _sorted_batches(bundle, args) -> list[dict]:
 
 def worker_bare_onnx(args) -> dict:
     """Model time only: tokenise everything first, then length-sorted padded batches."""
+    from ner_batch import backends
     from ner_batch.bundle import load_bundle
 
     bundle = load_bundle(args.bundle)
     variant = bundle.resolve_variant(args.variant)
-    session = bundle.session(variant, device=args.device, threads=args.threads)
+    file = bundle.path / bundle.meta["variants"][variant]["file"]
+    model = backends.load("onnxruntime", file, device=args.device, threads=args.threads)
     batches = _sorted_batches(bundle, args)
-    session.run(None, batches[0])
+    model.logits(*batches[0].values())
     started = time.perf_counter()
     for feed in batches:
-        session.run(None, feed)
+        model.logits(*feed.values())
     return {"seconds": time.perf_counter() - started, "documents": _documents(batches)}
 
 
@@ -577,6 +584,7 @@ def main() -> None:
         return
 
     from ner_batch.bundle import load_bundle
+    from ner_batch.runtimes import usable
 
     data = Path(args.data)
     if args.tiny_bundle == "auto" and args.tiny_scaling:
@@ -601,7 +609,7 @@ def main() -> None:
                     lambda: spawn("pipeline", checkpoint=args.checkpoint, data=args.data),
                 )
             )
-        runtimes = load_bundle(args.bundle).runtimes("int8")[0]
+        runtimes = usable(load_bundle(args.bundle), "int8")[0]
         with_openvino = fast == "int8" and "openvino" in runtimes
         systems.append(
             (

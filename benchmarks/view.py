@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
-from ner_batch.output import MANIFEST_FORMAT, SPAN_SCHEMA  # noqa: E402
+from ner_batch.manifest import MANIFEST_FORMAT  # noqa: E402
+from ner_batch.output import SPAN_SCHEMA  # noqa: E402
 
 LABELS = ("PER", "ORG", "LOC", "MISC")
 FILLER = (  # noqa: SIM905 (a sentence of words reads better than a list)

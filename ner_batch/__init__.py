@@ -4,7 +4,8 @@
 are `train`, `export`, `annotate` and `score` (one module each) and the `nerbatch` command.
 """
 
-__version__ = "0.1.0"
+# 0.4: one run plan for every engine, one backend interface, manifest format 2.
+__version__ = "0.4.0"
 
 
 def load(bundle: str, variant: str = "auto", device: str = "cpu", **options):

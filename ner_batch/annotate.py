@@ -1,91 +1,74 @@
 """`nerbatch annotate`: stream documents through an ONNX bundle into a Parquet span dataset.
 
-`annotate()` is the one entry point: it runs the local engine below, or the Ray engine
-(ray_engine.py) for `engine="ray"`. The local engine: a bounded reader -> chunks of documents ->
-tokenise -> windows batched by length -> ONNX Runtime -> spans -> the run core's `Committer`
-(run.py), which owns parts, rejects, counts and the manifest. Memory is bounded by one chunk (and
-one document), whatever the corpus size. A resumed run starts reading at the position the
-manifest recorded. Every document is either annotated (zero or more spans) or rejected.
+`annotate()` is the one entry point, for every engine: the run plan (plan.py) decides
+everything before the first document, an engine turns the documents left to do into spans,
+and the `Committer` (committer.py) commits them part by part. An engine is a small object
+(`Engine`): `LocalEngine` below, or `RayEngine` (ray_engine.py) for `engine="ray"`. The local
+engine: a bounded reader -> chunks of documents -> tokenise -> windows batched by length -> the
+runtime -> spans -> the Committer. A resumed run starts reading at the position the manifest
+recorded. Every document is either annotated (zero or more spans) or rejected.
 
-Deliberately not here: locking, preparing and committing an output (run.py), reading files
-(readers.py), batching and decoding (tagger.py).
+Deliberately not here: the plan, the lock and the manifest (plan.py, lock.py, manifest.py),
+committing (committer.py), reading files (readers.py), batching and decoding (tagger.py).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
 
-from .bundle import load_bundle
-from .errors import Interrupted, OptionError
+from .committer import Committer
+from .errors import Interrupted
 from .features import Encoded
+from .plan import RunPlan, complete_summary, open_plan
 from .readers import Document, InputFile, ReadOptions, Reject, read_file
-from .run import (
-    AnnotateConfig,
-    Committer,
-    Position,
-    RayOptions,
-    StopFlag,
-    chunk_is_full,
-    complete_summary,
-    prepared_output,
-    recorded_runtime,
-    resume_point,
-    run_settings,
-)
+from .run import AnnotateConfig, RayOptions, StopFlag, chunks
 from .tagger import Prediction, Tagger
 
 __all__ = ["AnnotateConfig", "Interrupted", "RayOptions", "annotate", "documents"]
+
+Position = tuple[int, int]  # (input index, items of that input read through this document)
+
+
+class Engine(Protocol):
+    """What an engine is: it turns the documents a plan leaves to do into committed parts."""
+
+    tags_here: bool  # the plan opens the tagger in this process (else the workers do)
+
+    def stop_flag(self) -> StopFlag: ...
+
+    def run(self, plan: RunPlan, committer: Committer, stop: StopFlag) -> None: ...
 
 
 def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
     """Annotate the inputs into `config.output`; returns the run summary."""
     config.check()
-    if config.engine == "ray":
-        from .ray_engine import annotate_ray  # ray is an optional extra: imported only here
-
-        return annotate_ray(config, silent)
+    engine = _engine(config)
     started = time.monotonic()
-    with StopFlag() as stop:  # from the start: a SIGTERM while the bundle loads stops cleanly
-        bundle = load_bundle(config.model)
-        recorded = recorded_runtime(config) if config.runtime == "auto" else None
-        try:
-            tagger = bundle.tagger(
-                config.variant,
-                config.device,
-                runtime=recorded or config.runtime,
-                max_length=config.max_length,
-                stride=config.stride,
-                threads=config.threads,
-                options=config.tagger_options(),
-            )
-        except OptionError as e:
-            if not recorded:
-                raise
-            raise OptionError(
-                f"{config.output} was begun with runtime {recorded}, which a resumed run keeps, "
-                f"but here {e}; resume it where {recorded} runs, or pass --overwrite"
-            ) from e
-        choice = tagger.runtime
-        if recorded:
-            choice = {"runtime": recorded, "reason": "recorded by the run that began the output"}
-        variant = bundle.resolve_variant(config.variant, config.device)
-        max_length = tagger.window + tagger.encoder.n_special
-        settings = run_settings(config, variant, max_length, tagger.stride, choice["runtime"])
-        prepared = prepared_output(config, bundle.bundle_id, settings, choice)
-        with prepared as (out, files, manifest):
-            if manifest is None:
-                return complete_summary(out)
-            first, skip, drop = resume_point(manifest)
-            stream = documents(files, config.read, first, skip)
-            with Committer(out, manifest, bundle.bundle_id, config.part_docs, silent) as committer:
-                if not manifest["complete"]:  # else killed before _SUCCESS: only that is left
-                    _LocalRun(tagger, committer, config, stop).process(stream, drop)
-                summary = committer.finish()
+    # The stop flag from the start: a SIGTERM while the bundle loads stops cleanly.
+    with engine.stop_flag() as stop, open_plan(config, tags_here=engine.tags_here) as plan:
+        if plan.manifest is None:
+            return complete_summary(plan.out)
+        with Committer(plan, silent) as committer:
+            if not plan.manifest.complete:  # else killed before _SUCCESS: only that is left
+                if stop.signal is not None:  # signalled while starting: nothing to commit
+                    raise committer.interrupted(stop.signal)
+                engine.run(plan, committer, stop)
+            summary = committer.finish()
     summary["seconds_this_run"] = round(time.monotonic() - started, 2)
     return summary
+
+
+def _engine(config: AnnotateConfig) -> Engine:
+    if config.engine == "ray":
+        from .ray_engine import RayEngine  # ray is an optional extra: imported only here
+
+        return RayEngine(config)
+    return LocalEngine()
 
 
 def documents(
@@ -102,85 +85,88 @@ def documents(
 Chunk = list[tuple[Position, Document]]
 
 
-class _LocalRun:
-    """Reads the stream in chunks, tags each chunk in a worker thread while the main thread
-    writes the chunk before it and reads the next, and commits every `part_docs` documents."""
+class LocalEngine:
+    """This machine: reads the stream in chunks, tags each chunk in a worker thread while the
+    main thread writes the chunk before it and reads the next, and commits every `part_docs`
+    documents. Memory is bounded by one chunk (and one document), whatever the corpus size."""
 
-    def __init__(self, tagger: Tagger, committer: Committer, config: AnnotateConfig, stop):
-        self.tagger = tagger
-        self.committer = committer
-        self.config = config
-        self.stop: StopFlag = stop
+    tags_here = True
+
+    def __init__(self) -> None:
         self.pending: tuple[Chunk, Future] | None = None  # a chunk whose inference is in flight
 
-    def process(self, stream: Iterator[tuple[Position, Document | Reject]], drop: int) -> None:
-        """Tag and write the stream after its first `drop` items, committing part by part.
+    def stop_flag(self) -> StopFlag:
+        return StopFlag()
 
-        Tokenising and ONNX Runtime both release the GIL, so one chunk's inference overlaps the
-        decoding and writing of the previous one. Chunks end where `chunk_is_full` says or at a
-        part's end, never elsewhere: on SIGTERM the chunk being read is read to its end, tagged
-        and committed (at most `chunk_docs` documents or `chunk_chars` characters more), so that
-        a resumed run forms the same batches as an uninterrupted one."""
-        committer, config = self.committer, self.config
-        if self.stop.signal is not None:  # signalled while the bundle loaded: nothing to commit
-            raise committer.interrupted(self.stop.signal)
+    def run(self, plan: RunPlan, committer: Committer, stop: StopFlag) -> None:
+        """Tag and write the documents left to do, committing part by part.
+
+        Tokenising and the runtimes release the GIL, so one chunk's inference overlaps the
+        decoding and writing of the previous one. Chunks end where `run.chunks` says, never
+        elsewhere: on SIGTERM the chunk being read is read to its end, tagged and committed
+        (at most `chunk_docs` documents or `chunk_chars` characters more), so that a resumed
+        run forms the same batches as an uninterrupted one."""
+        config = plan.config
+        first, skip, drop = plan.resume
+        stream = itertools.islice(documents(plan.files, config.read, first, skip), drop, None)
+        pieces = chunks(
+            stream,
+            lambda entry: entry[1].text if isinstance(entry[1], Document) else None,
+            config.chunk_docs,
+            config.chunk_chars,
+            config.part_docs,
+            done=plan.manifest.documents_done,
+            stopping=lambda: stop.signal is not None,
+        )
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerbatch-infer")
-        chunk: Chunk = []
-        chunk_chars = 0
-        in_part = committer.documents_in_part  # read into the open part, written or in flight
         try:
-            for n, (position, item) in enumerate(stream):
-                if n < drop:
-                    continue
-                in_part += 1
-                if isinstance(item, Reject):
-                    committer.reject(item, position)
-                else:
-                    chunk.append((position, item))
-                    chunk_chars += len(item.text)
-                part_full = in_part >= committer.part_size
-                if chunk and (
-                    part_full
-                    or chunk_is_full(len(chunk), chunk_chars, config.chunk_docs, config.chunk_chars)
-                ):
-                    self._submit(executor, chunk)
-                    chunk, chunk_chars = [], 0
-                stopping = self.stop.signal is not None and not chunk  # at a chunk bound
-                if part_full or stopping:
-                    self._drain()
+            for chunk, part_ends in pieces:
+                committer.read(len(chunk))
+                texts: Chunk = []
+                for position, item in chunk:
+                    if isinstance(item, Reject):
+                        committer.reject(item, position)
+                    else:
+                        texts.append((position, item))
+                if texts:
+                    self._submit(executor, plan.tagger, committer, texts)
+                if part_ends or stop.signal is not None:
+                    self._drain(plan.tagger, committer)
                     committer.commit()
-                    in_part = 0
-                    if stopping:
-                        raise committer.interrupted(self.stop.signal)
-            if chunk:
-                self._submit(executor, chunk)
-            self._drain()
+                    if stop.signal is not None:
+                        raise committer.interrupted(stop.signal)
+            self._drain(plan.tagger, committer)
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
 
-    def _submit(self, executor: ThreadPoolExecutor, chunk: Chunk) -> None:
+    def _submit(
+        self, executor: ThreadPoolExecutor, tagger: Tagger, committer: Committer, chunk: Chunk
+    ) -> None:
         """Start inferring `chunk`; meanwhile write the chunk before it."""
-        future = executor.submit(self._infer, [document.text for _, document in chunk])
-        self._drain()
+        texts = [document.text for _, document in chunk]
+        future = executor.submit(_infer, tagger, texts)
+        self._drain(tagger, committer)
         self.pending = (chunk, future)
 
-    def _infer(self, texts: list[str]) -> tuple[list[Encoded], list[Prediction]]:
-        encoded = self.tagger.encoder.encode_batch(texts)
-        return encoded, self.tagger.predict(encoded)
-
-    def _drain(self) -> None:
+    def _drain(self, tagger: Tagger, committer: Committer) -> None:
         """Write the chunk in flight, if any (waits for its inference)."""
         if self.pending is None:
             return
         chunk, future = self.pending
         self.pending = None
         encoded, predictions = future.result()
-        for (position, document), enc, prediction in zip(chunk, encoded, predictions, strict=True):
-            spans = self.tagger.spans(document.text, prediction)
-            self.committer.add(
-                document.doc_id, document.source, document.text, spans, len(enc), position
-            )
+        spans = [
+            tagger.spans(document.text, prediction)
+            for (_, document), prediction in zip(chunk, predictions, strict=True)
+        ]
+        tokens = sum(len(enc) for enc in encoded)
+        committer.add([document for _, document in chunk], spans, tokens, chunk[-1][0])
         _trim_heap()
+
+
+def _infer(tagger: Tagger, texts: list[str]) -> tuple[list[Encoded], list[Prediction]]:
+    encoded = tagger.encoder.encode_batch(texts)
+    return encoded, tagger.predict(encoded)
 
 
 @functools.cache

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
-
 from .bundle import load_bundle
+from .output import SPAN_FIELDS, span_columns
 from .run import AnnotateConfig, tag_in_chunks
+from .runtimes import open_tagger
 from .tagger import TaggerOptions
 
 
@@ -41,7 +41,8 @@ class Annotator:
     ):
         self.bundle = load_bundle(bundle)
         self.variant = self.bundle.resolve_variant(variant, device)
-        self.tagger = self.bundle.tagger(
+        self.tagger = open_tagger(
+            self.bundle,
             variant,
             device,
             runtime=runtime,
@@ -63,19 +64,16 @@ class Annotator:
         tagged = tag_in_chunks(
             self.tagger, texts, self.chunk_docs, self.chunk_chars, self.part_docs
         )
-        return [
-            [
-                {
-                    "start": s.start,
-                    "end": s.end,
-                    "label": s.label,
-                    "text": text[s.start : s.end],
-                    "score": float(np.float32(s.score)),
-                }
-                for s in spans
-            ]
-            for text, (_, spans) in zip(texts, tagged, strict=True)
+        columns, counts = span_columns(texts, [spans for _, spans in tagged])
+        rows = [
+            dict(zip(SPAN_FIELDS, values, strict=True))
+            for values in zip(*(columns[name].to_pylist() for name in SPAN_FIELDS), strict=True)
         ]
+        result, start = [], 0
+        for count in counts:
+            result.append(rows[start : start + count])
+            start += count
+        return result
 
     @property
     def runtime(self) -> str:

@@ -18,6 +18,9 @@ VARIANT_FILES = {
     "openvino": "model.openvino.xml",
 }
 WEIGHT_FILES = {"openvino": "model.openvino.bin"}
+# The runtime each variant's file is made for (export validates it there).
+NATIVE_RUNTIME = {"fp32": "onnxruntime", "int8": "onnxruntime", "fp16": "onnxruntime"}
+NATIVE_RUNTIME["openvino"] = "openvino"
 DEVICES = ("cpu", "cuda")
 DEFAULT_VARIANT = {"cpu": "int8", "cuda": "fp16"}
 

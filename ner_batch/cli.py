@@ -602,12 +602,9 @@ def annotate_cli(
     from .readers import ReadOptions
     from .run import AnnotateConfig, RayOptions
 
+    # Ray's options without --engine ray, or out of range there: OptionError (exit 2) from
+    # AnnotateConfig.check, as for a library caller.
     ray_options = RayOptions(ray_address, num_workers, cpus_per_worker, gpus_per_worker)
-    if engine != "ray" and ray_options != RayOptions():
-        raise click.UsageError(
-            "--ray-address, --num-workers, --cpus-per-worker and --gpus-per-worker need "
-            "--engine ray"
-        )
 
     config = AnnotateConfig(
         inputs=list(inputs),

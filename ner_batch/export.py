@@ -27,12 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import BUNDLE_FILE, FORMAT_VERSION, onnx_logits_fn, sha256_of
+from . import backends
+from .bundle import BUNDLE_FILE, FORMAT_VERSION, sha256_of
 from .checkpoint import load_checkpoint, torch_logits_fn, usable_positions
-from .choices import DEFAULT_VARIANT, INT8_OPS, VARIANT_FILES, WEIGHT_FILES
+from .choices import DEFAULT_VARIANT, INT8_OPS, NATIVE_RUNTIME, VARIANT_FILES, WEIGHT_FILES
 from .conll import Document, read_conll, sentences_of, token_offsets
 from .errors import ExportError, NerbatchError
 from .features import TextEncoder
+from .runtimes import export_variants
 from .tagger import LogitsFn, Tagger, TaggerOptions, default_stride
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,8 @@ def export(
     max_length: int | None = None,
 ) -> dict:
     """Export, optimise, quantise, validate; write the bundle and return its bundle.json.
+    (Longer than our usual functions: it is the one place that reads top to bottom as the
+    export's steps, each a call; its options are the CLI's, one parameter each.)
 
     `checkpoint`: a directory `nerbatch train` wrote, or any Hugging Face token classifier with a
     fast tokenizer (a `save_pretrained` / `Trainer` directory, or a Hub id). `max_length`: the
@@ -107,7 +111,7 @@ def export(
     out = Path(out)
     # Before the checkpoint loads: a variant that cannot be built fails at once.
     if variants is None:
-        variants = default_variants()  # openvino only where OpenVINO and NNCF are installed
+        variants = export_variants()  # openvino only where OpenVINO and NNCF are installed
     elif "openvino" in variants:
         _require_openvino()
     if "fp32" not in variants:
@@ -181,17 +185,6 @@ class Built:
     fused: dict[str, int]
     inputs: list[str]
     notes: dict[str, dict]
-
-
-def default_variants() -> tuple[str, ...]:
-    """fp32, int8, fp16, and openvino when OpenVINO and NNCF are installed."""
-    from . import openvino_backend
-
-    missing = openvino_backend.missing(quantizer=True)
-    if missing:
-        log.info("not building the openvino variant: %s", missing)
-        return ("fp32", "int8", "fp16")
-    return ("fp32", "int8", "fp16", "openvino")
 
 
 def _require_openvino() -> None:
@@ -318,10 +311,9 @@ def validate_variants(
     tolerances = tolerances or Tolerances()
 
     def f1_of(logits_fn: LogitsFn, documents: list[Document]) -> float:
-        from .score import evaluate_tagger
+        from .score import evaluate_tagger, scoring_options
 
-        options = TaggerOptions(batch_size=64, max_batch_tokens=8192)
-        tagger = Tagger(encoder, labels, logits_fn, max_length, stride, options)
+        tagger = Tagger(encoder, labels, logits_fn, max_length, stride, scoring_options())
         return evaluate_tagger(tagger, documents)["default"]["micro"]["f1"]
 
     reference_logits = reference_logits_fn(*probe)  # (batch, seq, labels)
@@ -342,7 +334,7 @@ def validate_variants(
         }
         validation.variants[variant] = entry
         try:
-            logits_fn = _logits_fn_of(file, encoder.pad_id, max_length)
+            logits_fn = _logits_fn_of(variant, file, encoder.pad_id, max_length)
             logits = logits_fn(*probe)
         except Exception as e:  # broad: ORT raises its own classes (Fail, InvalidArgument, ...)
             entry["status"] = "does not run"
@@ -506,20 +498,15 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _logits_fn_of(file: Path, pad_id: int, max_length: int) -> LogitsFn:
-    """A variant file's LogitsFn on the CPU: ONNX Runtime, or OpenVINO for an IR (in f32)."""
-    if file.suffix == ".xml":
-        from . import openvino_backend
-
-        compiled = openvino_backend.compile_model(file, "f32")
-        return openvino_backend.logits_fn(compiled, pad_id, max_length)
-    return onnx_logits_fn(_cpu_session(file))
+def _logits_fn_of(variant: str, file: Path, pad_id: int, max_length: int) -> LogitsFn:
+    """A variant file's LogitsFn on the CPU, on the runtime that runs it (OpenVINO for the IR,
+    in f32; ONNX Runtime for the others)."""
+    runtime = NATIVE_RUNTIME[variant]
+    return backends.load(runtime, file, padding=(pad_id, max_length)).logits
 
 
-def _cpu_session(file: Path):
-    import onnxruntime
-
-    return onnxruntime.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+def _onnx_logits_fn(file: Path) -> LogitsFn:
+    return backends.load("onnxruntime", file).logits
 
 
 def _torch_export(model, path: Path) -> list[str]:
@@ -617,8 +604,8 @@ def _same_logits(plain: Path, fused: Path, encoder) -> bool:
     if encoder is None:
         return True
     probe = probe_batch(encoder, None)
-    reference = onnx_logits_fn(_cpu_session(plain))(*probe)
-    logits = onnx_logits_fn(_cpu_session(fused))(*probe)
+    reference = _onnx_logits_fn(plain)(*probe)
+    logits = _onnx_logits_fn(fused)(*probe)
     compared, problems = _compare_logits(logits, reference, probe[1].astype(bool))
     return bool(compared) and not problems and compared["max_abs_logit_diff"] <= 1e-4
 

@@ -84,11 +84,12 @@ def input_names(compiled) -> list[str]:
 SEQUENCE_STEP = 4
 
 
-def logits_fn(compiled, pad_id: int, max_length: int):
+def logits_fn(compiled, pad_id: int, max_length: int | None, feed):
     """The Tagger's LogitsFn over a CompiledModel, thread-safe: each thread that runs batches
     has its own infer request. The sequence is padded (`pad_id`, masked) to a multiple of
     SEQUENCE_STEP, never beyond `max_length`, and the rows (masked rows of padding) to a power
-    of two: at most 32 x 6 shapes in a default run. The logits are cut back."""
+    of two: at most 32 x 6 shapes in a default run. The logits are cut back. `feed`: (input
+    names, ids, mask, types) -> the inputs (backends.feed)."""
     names = set(input_names(compiled))
     local = threading.local()
 
@@ -97,25 +98,25 @@ def logits_fn(compiled, pad_id: int, max_length: int):
         if request is None:
             request = local.request = compiled.create_infer_request()
         rows, seq = ids.shape
-        width = max(seq, min(-(-seq // SEQUENCE_STEP) * SEQUENCE_STEP, max_length))
+        width = -(-seq // SEQUENCE_STEP) * SEQUENCE_STEP
+        width = max(seq, width if max_length is None else min(width, max_length))
         height = 1 << (rows - 1).bit_length()
-        feed = {}
-        for name, array, fill in (
-            ("input_ids", ids, pad_id),
-            ("attention_mask", mask, 0),
-            ("token_type_ids", types, 0),
-        ):
-            if name in names:
-                if (height, width) != (rows, seq):
-                    padded = np.full((height, width), fill, dtype=np.int64)
-                    padded[:rows, :seq] = array
-                    array = padded
-                feed[name] = array
-        request.infer(feed)
+        if (height, width) != (rows, seq):
+            ids, mask, types = (
+                _padded(array, (height, width), fill)
+                for array, fill in ((ids, pad_id), (mask, 0), (types, 0))
+            )
+        request.infer(feed(names, ids, mask, types))
         # A copy (the request reuses its output buffer), without the padding.
         return np.array(request.get_output_tensor(0).data[:rows, :seq], dtype=np.float32)
 
     return logits
+
+
+def _padded(array: np.ndarray, shape: tuple[int, int], fill: int) -> np.ndarray:
+    padded = np.full(shape, fill, dtype=np.int64)
+    padded[: array.shape[0], : array.shape[1]] = array
+    return padded
 
 
 def quantize(
@@ -152,32 +153,25 @@ def quantize(
     }
 
 
-class SessionLike:
-    """What the bundle checks use of an onnxruntime.InferenceSession, over a CompiledModel:
-    `get_inputs()` / `get_outputs()` (name, type as 'tensor(int64)', shape) and `run`."""
+def load(file: Path, precision: str, threads: int, streams: int, padding, feed):
+    """What backends.load needs of `file` on OpenVINO: (input name -> element type, the output's
+    shape, the streams it runs, its LogitsFn), the batches padded (`padding`: pad id and window,
+    or None) to a few shapes."""
+    compiled = compile_model(file, precision, threads, streams)
+    pad_id, max_length = padding or (0, None)
+    inputs = {port.get_any_name(): _element_type(port) for port in compiled.inputs}
+    shape = _shape(compiled.outputs[0]) if compiled.outputs else []
+    streams = streams or optimal_requests(compiled)
+    return inputs, shape, streams, logits_fn(compiled, pad_id, max_length, feed)
 
-    class _Port:
-        def __init__(self, port) -> None:
-            self.name = port.get_any_name()
-            kind = port.get_element_type().get_type_name()  # 'i64', 'f32', ...
-            self.type = f"tensor({_ONNX_TYPES.get(kind, kind)})"
-            self.shape = [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
 
-    def __init__(self, compiled) -> None:
-        self.compiled = compiled
+def _element_type(port) -> str:
+    kind = port.get_element_type().get_type_name()  # 'i64', 'f32', ...
+    return f"tensor({_ONNX_TYPES.get(kind, kind)})"  # as ONNX Runtime names it
 
-    def get_inputs(self) -> list:
-        return [self._Port(p) for p in self.compiled.inputs]
 
-    def get_outputs(self) -> list:
-        return [self._Port(p) for p in self.compiled.outputs]
-
-    def run(self, output_names, feed: dict, run_options=None) -> list[np.ndarray]:
-        request = self.compiled.create_infer_request()
-        request.infer(feed)
-        return [
-            np.array(request.get_output_tensor(i).data) for i in range(len(self.compiled.outputs))
-        ]
+def _shape(port) -> list[int | str]:
+    return [d.get_length() if d.is_static else "?" for d in port.get_partial_shape()]
 
 
 _ONNX_TYPES = {"i64": "int64", "i32": "int32", "f32": "float", "f16": "float16", "bf16": "bfloat16"}

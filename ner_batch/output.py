@@ -16,12 +16,15 @@ beside the parts, because duckdb and polars globs would otherwise read them as s
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import re
 import shutil
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -41,6 +44,8 @@ SPAN_SCHEMA = pa.schema(
         ("model", pa.string()),
     ]
 )
+SPAN_FIELDS = ("start", "end", "label", "text", "score")  # a span's own columns
+SPAN_STRUCT = pa.struct([SPAN_SCHEMA.field(name) for name in SPAN_FIELDS])
 REJECT_SCHEMA = pa.schema(
     [
         ("source", pa.string()),
@@ -49,10 +54,10 @@ REJECT_SCHEMA = pa.schema(
         ("reason", pa.string()),
     ]
 )
-MANIFEST = "_manifest.json"
+MANIFEST = "_manifest.json"  # its format: manifest.py
 SUCCESS = "_SUCCESS"
 REJECTS = "_rejects"
-MANIFEST_FORMAT = "nerbatch-annotate/1"
+LOCK = "_lock"  # lock.py
 
 
 def fsync_write(path: Path, data: bytes) -> None:
@@ -207,7 +212,8 @@ class PartWriter:
     Writes to any pyarrow sink (a path, with a filesystem, or a stream such as
     `pa.BufferOutputStream()`); `in_output` makes one that writes an output's part under its
     temporary name and publishes it on commit. As a context manager it commits on a clean exit
-    and aborts (closes and discards the temporary file) on an error.
+    and aborts (closes and discards the temporary file) on an error. Rows stay Arrow from the
+    engine to the file: buffered tables are written together once `row_group_size` rows wait.
     """
 
     def __init__(
@@ -221,7 +227,8 @@ class PartWriter:
     ):
         self.name = name
         self.row_group_size = row_group_size
-        self.columns: dict[str, list] = {column: [] for column in SPAN_SCHEMA.names}
+        self.buffered: list[pa.Table] = []
+        self.buffered_rows = 0
         self.rows = 0
         self._publish = publish
         self._discard = discard
@@ -251,32 +258,41 @@ class PartWriter:
             self.commit()
 
     def add(self, doc_id: str, source: str, text: str, spans: list[Span], model: str) -> None:
-        c = self.columns
-        for span in spans:
-            c["doc_id"].append(doc_id)
-            c["source"].append(source)
-            c["start"].append(span.start)
-            c["end"].append(span.end)
-            c["label"].append(span.label)
-            c["text"].append(text[span.start : span.end])
-            c["score"].append(span.score)
-            c["model"].append(model)
-        if len(c["doc_id"]) >= self.row_group_size:
-            self._flush()
+        """The spans of one document."""
+        document = SimpleNamespace(doc_id=doc_id, source=source, text=text)
+        self.add_table(spans_table([document], [spans], model)[0])
 
-    def add_table(self, table: pa.Table) -> None:
-        """Span rows made elsewhere (the Ray engine's workers), with SPAN_SCHEMA's columns."""
-        for name in SPAN_SCHEMA.names:
-            self.columns[name].extend(table.column(name).to_pylist())
-        if len(self.columns["doc_id"]) >= self.row_group_size:
+    def add_table(self, table: pa.Table, rows_per_document: Sequence[int] | None = None) -> None:
+        """Span rows with SPAN_SCHEMA's columns. With `rows_per_document` (the rows of each
+        document in `table`, in order), row groups end at the first document bound where
+        `row_group_size` rows wait, as if the documents were added one by one; without it,
+        at the end of the table."""
+        table = table.select(SPAN_SCHEMA.names).cast(SPAN_SCHEMA)
+        if rows_per_document is None:
+            self._buffer(table)
+            return
+        start = 0
+        ends = np.cumsum(np.asarray(rows_per_document, dtype=np.int64))
+        while start < table.num_rows:
+            # the first document bound at which the buffer holds a row group's worth
+            wanted = self.row_group_size - self.buffered_rows + start
+            at = int(np.searchsorted(ends, wanted, side="left"))
+            end = int(ends[at]) if at < len(ends) else table.num_rows
+            self._buffer(table.slice(start, end - start))
+            start = end
+
+    def _buffer(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.buffered.append(table)
+            self.buffered_rows += table.num_rows
+        if self.buffered_rows >= self.row_group_size:
             self._flush()
 
     def _flush(self) -> None:
-        n = len(self.columns["doc_id"])
-        if n:
-            self.writer.write_table(pa.table(self.columns, schema=SPAN_SCHEMA))
-            self.rows += n
-            self.columns = {name: [] for name in SPAN_SCHEMA.names}
+        if self.buffered_rows:
+            self.writer.write_table(pa.concat_tables(self.buffered).combine_chunks())
+            self.rows += self.buffered_rows
+            self.buffered, self.buffered_rows = [], 0
 
     def commit(self) -> int:
         """Flush, close and move into place; returns the number of rows."""
@@ -301,14 +317,110 @@ class PartWriter:
                 self._discard()
 
 
-def write_rejects(out: OutputDir, name: str, rejects: list) -> None:
+def span_columns(texts: Sequence[str], spans: Sequence[Sequence[Span]]) -> tuple[dict, list[int]]:
+    """The span columns (SPAN_FIELDS) of every span of these texts, in order, and the number
+    of spans of each text. Scores become float32, as in the output."""
+    columns: dict[str, list] = {name: [] for name in SPAN_FIELDS}
+    counts = []
+    for text, text_spans in zip(texts, spans, strict=True):
+        for span in text_spans:
+            columns["start"].append(span.start)
+            columns["end"].append(span.end)
+            columns["label"].append(span.label)
+            columns["text"].append(text[span.start : span.end])
+            columns["score"].append(span.score)
+        counts.append(len(text_spans))
+    arrays = {name: pa.array(columns[name], SPAN_SCHEMA.field(name).type) for name in SPAN_FIELDS}
+    return arrays, counts
+
+
+def spans_table(documents: Sequence, spans: Sequence[Sequence[Span]], model: str):
+    """(SPAN_SCHEMA table, rows of each document) of the documents' spans: one row per span,
+    with its document's `doc_id` and `source` and the bundle id `model`."""
+    columns, counts = span_columns([d.text for d in documents], spans)
+    owner = np.repeat(np.arange(len(documents)), counts)
     table = pa.table(
         {
-            "source": [r.source for r in rejects],
-            "doc_id": [r.doc_id for r in rejects],
-            "line": [r.line for r in rejects],
-            "reason": [r.reason for r in rejects],
+            "doc_id": pa.array([d.doc_id for d in documents], pa.string()).take(owner),
+            "source": pa.array([d.source for d in documents], pa.string()).take(owner),
+            **columns,
+            "model": pa.array([model] * len(owner), pa.string()),
         },
+        schema=SPAN_SCHEMA,
+    )
+    return table, counts
+
+
+def make_output_dir(out: OutputDir) -> None:
+    try:
+        if out.exists() and not out.is_dir():
+            raise OutputError(f"{out} exists and is not a directory; choose another output")
+        out.mkdir()
+    except OSError as e:  # a read-only place, a path through a file, a vanished mount, ...
+        raise OutputError(f"cannot create the output {out}: {e.strerror or e}") from e
+
+
+# What annotate writes into an output, by name; `--overwrite` removes these and nothing else.
+_PART = r"part-\d{5,}\.parquet"
+_OURS = re.compile(
+    rf"({_PART}|_manifest\.json|_SUCCESS|_lock|\.({_PART}|_manifest\.json|_SUCCESS)\.tmp)"
+)
+_OURS_IN_REJECTS = re.compile(rf"{_PART}|\.{_PART}\.tmp")
+
+
+def foreign_files(out: OutputDir) -> list[str]:
+    """Entries of the output that annotate did not write (by their names; parts only beside a
+    manifest, which every output of ours has from the start of its first run)."""
+    names = out.names()
+    has_manifest = MANIFEST in names
+    foreign = []
+    for name in names:
+        if name == REJECTS:
+            foreign += [
+                f"{REJECTS}/{n}" for n in out.names(REJECTS) if not _OURS_IN_REJECTS.fullmatch(n)
+            ]
+        elif not _OURS.fullmatch(name) or (re.fullmatch(_PART, name) and not has_manifest):
+            foreign.append(name)
+    return foreign
+
+
+def refuse_foreign_files(out: OutputDir) -> None:
+    """--overwrite deletes an annotate output only: refuse, listing them, when the output holds
+    anything annotate does not write (a wrong directory must not lose a user's files). The
+    manifest is not read: it may be the corrupt one that --overwrite is meant to get rid of."""
+    foreign = foreign_files(out)
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (
+            f" and {len(foreign) - 10} more" if len(foreign) > 10 else ""
+        )
+        raise OutputError(
+            f"{out} holds files that nerbatch annotate did not write ({shown}); --overwrite "
+            "deletes only an annotate output: move them away or choose another output"
+        )
+
+
+def remove_unrecorded(out: OutputDir, parts: set[str], rejects: set[str]) -> None:
+    """Remove our files that the manifest does not name (its `parts` and `rejects` files):
+    every part and reject file of the output that --overwrite replaces, or a part published
+    just before a crash, before its manifest (the resumed run writes it again), and
+    temporaries. Called once the manifest is on disk, so that a kill at any point leaves an
+    output that the same command completes."""
+    for name in out.names():
+        if name == REJECTS:
+            for entry in out.names(REJECTS):
+                if f"{REJECTS}/{entry}" not in rejects and _OURS_IN_REJECTS.fullmatch(entry):
+                    out.remove(f"{REJECTS}/{entry}")
+        elif _OURS.fullmatch(name) and name not in parts and name not in (MANIFEST, LOCK, SUCCESS):
+            out.remove(name)
+
+
+def is_temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp") and bool(_OURS.fullmatch(name))
+
+
+def write_rejects(out: OutputDir, name: str, rejects: list) -> None:
+    table = pa.table(
+        {field: [getattr(r, field) for r in rejects] for field in REJECT_SCHEMA.names},
         schema=REJECT_SCHEMA,
     )
     sink = pa.BufferOutputStream()
@@ -316,42 +428,18 @@ def write_rejects(out: OutputDir, name: str, rejects: list) -> None:
     out.write_bytes(name, sink.getvalue().to_pybytes())
 
 
-def read_manifest(out: OutputDir) -> dict | None:
-    """The output's manifest, None if it has none; refuses one that is unreadable or of a format
-    this version does not write (MANIFEST_FORMAT)."""
-    try:
-        data = out.read_bytes(MANIFEST)
-        manifest = None if data is None else json.loads(data)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OutputError(
-            f"{out.uri(MANIFEST)} is unreadable ({e}); use --overwrite to start over"
-        ) from e
-    if manifest is None:
-        return None
-    found = manifest.get("format") if isinstance(manifest, dict) else None
-    if found != MANIFEST_FORMAT:
-        raise OutputError(
-            f"{out.uri(MANIFEST)} has format {found!r}, not {MANIFEST_FORMAT!r}: it was not "
-            "written by this version of nerbatch annotate; use --overwrite to start over"
-        )
-    return manifest
-
-
-def write_manifest(out: OutputDir, manifest: dict) -> None:
-    out.write_bytes(MANIFEST, json.dumps(manifest, indent=2).encode())
-
-
 def read_spans(location: str | Path) -> dict[str, list[Span]]:
     """All spans of an annotate output, grouped by document id (for scoring)."""
     out = OutputDir(location)
     if not out.exists(SUCCESS):
         exists = out.exists() and (out.remote is not None or out.local.is_dir())
-        manifest = read_manifest(out) if exists else None
         state = (
             "does not exist"
             if not out.exists()
             else (
-                "is not an annotate output" if manifest is None else "is incomplete (no _SUCCESS)"
+                "is incomplete (no _SUCCESS)"
+                if exists and out.exists(MANIFEST)
+                else "is not an annotate output"
             )
         )
         raise OutputError(f"{out} {state}")

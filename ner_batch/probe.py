@@ -11,7 +11,6 @@ runtime its output recorded).
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import statistics
@@ -22,8 +21,6 @@ import numpy as np
 
 from .features import TextEncoder
 from .tagger import LogitsFn
-
-log = logging.getLogger(__name__)
 
 MARGIN = 1.1  # another runtime must beat ONNX Runtime by this factor to be chosen
 ROUNDS = 3

@@ -34,32 +34,24 @@ import re
 import signal
 import socket
 import threading
-import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .bundle import Bundle, load_bundle
-from .choices import RUNS
+from .bundle import load_bundle
+from .committer import Committer
 from .errors import BundleError, InputError, Interrupted, MissingExtraError, NerbatchError
+from .output import REJECT_SCHEMA, SPAN_STRUCT, span_columns
+from .plan import RunPlan, log_runtime
 from .readers import Document, InputFile, ReadOptions, Reject, printable, read_file
-from .run import (
-    AnnotateConfig,
-    Committer,
-    StopFlag,
-    complete_summary,
-    log_runtime,
-    prepared_output,
-    recorded_runtime,
-    resume_point,
-    run_settings,
-    tag_in_chunks,
-)
+from .run import AnnotateConfig, StopFlag, tag_in_chunks
+from .runtimes import open_tagger
 from .storage import is_uri, local_path
-from .tagger import Tagger, TaggerOptions
+from .tagger import TaggerOptions
 
 log = logging.getLogger(__name__)
 
@@ -84,61 +76,37 @@ DOCUMENTS = pa.schema(
         ("fatal", pa.string()),  # an error that stops the run (as the local engine's would)
     ]
 )
-SPAN = pa.struct(
+TAGGED = pa.schema(
     [
-        ("start", pa.int64()),
-        ("end", pa.int64()),
-        ("label", pa.string()),
-        ("text", pa.string()),
-        ("score", pa.float64()),  # float32 in the output, rounded there as the local engine's
+        *(f for f in DOCUMENTS if f.name != "text"),
+        ("tokens", pa.int64()),
+        ("spans", pa.list_(SPAN_STRUCT)),
     ]
 )
-TAGGED = pa.schema(
-    [*(f for f in DOCUMENTS if f.name != "text"), ("tokens", pa.int64()), ("spans", pa.list_(SPAN))]
-)
 
 
-def annotate_ray(config: AnnotateConfig, silent: bool = True) -> dict:
-    """`annotate` on Ray: the same output, manifest and summary as the local engine."""
-    started = time.monotonic()
-    gpus = _check_options(config)
-    ray = _import_ray()
-    bundle = load_bundle(config.model)
-    variant = bundle.resolve_variant(config.variant, config.device)
-    # Each actor resolves `auto` on its own node (probe.py) and logs what it chose; the output
-    # records the runtime asked for, and a resumed `auto` run asks for the recorded one.
-    runtime = (recorded_runtime(config) if config.runtime == "auto" else None) or config.runtime
-    candidates = bundle.resolve_runtime(variant, config.device, runtime)[0]
-    for candidate in candidates:
-        bundle.verify(RUNS[(variant, candidate)])  # before a cluster starts, and in every actor
-    if len(candidates) == 1:  # `auto` without a choice to make (fp32, or one runtime here)
-        runtime = candidates[0]
-    max_length, stride = _check_window(bundle, config)
-    settings = run_settings(config, variant, max_length, stride, runtime)
-    reason = "each Ray actor chooses on its node" if runtime == "auto" else f"--runtime {runtime}"
-    choice = {"runtime": runtime, "reason": reason}
-    prepared = prepared_output(config, bundle.bundle_id, settings, choice)
-    with prepared as (out, files, manifest):
-        if manifest is None:
-            return complete_summary(out)
-        with (
-            _connected(ray, config.ray.address),
-            _quiet_ray_data(),
-            RayStopFlag() as stop,
-            Committer(out, manifest, bundle.bundle_id, config.part_docs, silent) as committer,
-        ):
-            if not manifest["complete"]:  # else killed before _SUCCESS: only that is left
-                first, skip, drop = resume_point(manifest)
-                workers = _workers(ray, config, gpus)
-                window = (max_length, stride)
-                dataset = _pipeline(
-                    ray, files, first, skip, config, (variant, runtime), window, workers, gpus
-                )
-                with contextlib.closing(_tagged_batches(dataset)) as batches:
-                    consume(committer, batches, drop, stop)
-            summary = committer.finish()
-    summary["seconds_this_run"] = round(time.monotonic() - started, 2)
-    return summary
+class RayEngine:
+    """`annotate` on Ray: the same output, manifest and summary as the local engine. The plan
+    (plan.py) is made on the driver; each actor opens its own tagger (and for `auto` chooses
+    the runtime on its node)."""
+
+    tags_here = False
+
+    def __init__(self, config: AnnotateConfig):
+        self.ray = _import_ray()  # before the bundle loads: a missing extra fails at once
+
+    def stop_flag(self) -> StopFlag:
+        return RayStopFlag()
+
+    def run(self, plan: RunPlan, committer: Committer, stop: StopFlag) -> None:
+        config = plan.config
+        with _connected(self.ray, config.ray.address), _quiet_ray_data():
+            stop.install()  # ray.init replaces the SIGTERM handler
+            first, skip, drop = plan.resume
+            workers = _workers(self.ray, config, config.gpus_per_worker)
+            dataset = _pipeline(self.ray, plan, first, skip, workers)
+            with contextlib.closing(_tagged_batches(dataset)) as batches:
+                consume(committer, batches, drop, stop)
 
 
 class RayStopFlag(StopFlag):
@@ -155,37 +123,6 @@ class RayStopFlag(StopFlag):
         super()._handle(signum, frame)
 
 
-def _check_options(config: AnnotateConfig) -> float:
-    """Refuse options that cannot work on Ray; returns the GPUs each actor reserves."""
-    options = config.ray
-    if options.num_workers is not None and options.num_workers < 1:
-        raise NerbatchError(f"--num-workers must be at least 1, not {options.num_workers}")
-    if options.cpus_per_worker < 1:
-        raise NerbatchError(f"--cpus-per-worker must be at least 1, not {options.cpus_per_worker}")
-    gpus = options.gpus_per_worker
-    if gpus is None:
-        gpus = 1.0 if config.device == "cuda" else 0.0
-    if gpus < 0:
-        raise NerbatchError(f"--gpus-per-worker must be 0 or more, not {gpus}")
-    if gpus > 0 and config.device != "cuda":
-        raise NerbatchError(f"--gpus-per-worker {gpus:g} needs --device cuda")
-    if config.device == "cuda" and gpus == 0:
-        raise NerbatchError(
-            "--device cuda on Ray needs --gpus-per-worker above 0: Ray places actors on GPUs, "
-            "and keeps them apart, only by the GPUs they reserve"
-        )
-    if config.threads:
-        raise NerbatchError(
-            "--threads sets the local engine's ONNX Runtime threads; on Ray each worker runs "
-            "--cpus-per-worker threads"
-        )
-    if config.streams not in (0, 1):
-        raise NerbatchError(
-            "--streams is the local engine's; on Ray, run more workers (--num-workers)"
-        )
-    return gpus
-
-
 def _import_ray():
     try:
         import ray
@@ -193,22 +130,6 @@ def _import_ray():
     except ImportError as e:
         raise MissingExtraError("ray", "ray") from e
     return ray
-
-
-def _check_window(bundle: Bundle, config: AnnotateConfig) -> tuple[int, int]:
-    """The window (max_length, stride), checked as the actors' taggers will check it."""
-    max_length, stride = bundle.window(config.max_length, config.stride)
-
-    def no_model(*arrays):
-        raise AssertionError("the driver does not run the model")
-
-    try:
-        Tagger(
-            bundle.encoder(), bundle.labels, no_model, max_length, stride, config.tagger_options()
-        )
-    except ValueError as e:  # a max_length / stride the user chose: one Error: line
-        raise NerbatchError(str(e)) from e
-    return max_length, stride
 
 
 @contextlib.contextmanager
@@ -287,18 +208,10 @@ def _workers(ray, config: AnnotateConfig, gpus: float) -> int:
     return workers
 
 
-def _pipeline(
-    ray,
-    files: list[InputFile],
-    first: int,
-    skip: int,
-    config: AnnotateConfig,
-    variant: tuple[str, str],
-    window: tuple[int, int],
-    workers: int,
-    gpus: float,
-):
+def _pipeline(ray, plan: RunPlan, first: int, skip: int, workers: int):
     """The Ray Data pipeline from input `first` (its first `skip` documents done) to the end."""
+    config, files = plan.config, plan.files
+    gpus = config.gpus_per_worker
     todo = [
         {
             "input": index,
@@ -338,11 +251,11 @@ def _pipeline(
             batch_format="pyarrow",
             fn_constructor_kwargs={
                 "model": str(model),
-                "variant": variant[0],
-                "runtime": variant[1],
+                "variant": plan.variant,
+                "runtime": plan.runtime["runtime"],
                 "device": config.device,
-                "max_length": window[0],
-                "stride": window[1],
+                "max_length": plan.window[0],
+                "stride": plan.window[1],
                 "threads": config.ray.cpus_per_worker,
                 "options": asdict(config.tagger_options()),
                 "chunk_docs": config.chunk_docs,
@@ -493,7 +406,8 @@ class TaggerActor:
                 f"on Ray node {socket.gethostname()}: {e}; every node must read the bundle at the "
                 "same path (a shared filesystem) or from an object store"
             ) from e
-        self.tagger = bundle.tagger(
+        self.tagger = open_tagger(
+            bundle,
             variant,
             device,
             runtime=runtime,
@@ -507,25 +421,19 @@ class TaggerActor:
         log_runtime(self.tagger.runtime)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        texts = [r["text"] for r in rows if r["text"] is not None]
-        tagged = tag_in_chunks(self.tagger, texts, self.chunk_docs, self.chunk_chars)
-        out = []
-        for r in rows:
-            text = r.pop("text")
-            tokens, spans = next(tagged) if text is not None else (0, [])
-            spans = [
-                {
-                    "start": s.start,
-                    "end": s.end,
-                    "label": s.label,
-                    "text": text[s.start : s.end],
-                    "score": s.score,
-                }
-                for s in spans
-            ]
-            out.append({**r, "tokens": tokens, "spans": spans})
-        return pa.Table.from_pylist(out, schema=TAGGED)
+        texts = [t for t in batch.column("text").to_pylist() if t is not None]
+        tagged = list(tag_in_chunks(self.tagger, texts, self.chunk_docs, self.chunk_chars))
+        columns, counts = span_columns(texts, [spans for _, spans in tagged])
+        is_text = pc.is_valid(batch.column("text")).to_numpy(zero_copy_only=False)
+        spans_of = np.zeros(batch.num_rows, dtype=np.int64)  # (rows,) spans; 0 for a reject
+        tokens = np.zeros(batch.num_rows, dtype=np.int64)
+        spans_of[is_text] = counts
+        tokens[is_text] = [n for n, _ in tagged]
+        offsets = np.concatenate([[0], np.cumsum(spans_of)]).astype(np.int32)
+        struct = pa.StructArray.from_arrays(list(columns.values()), fields=list(SPAN_STRUCT))
+        spans = pa.ListArray.from_arrays(pa.array(offsets), struct)
+        rest = batch.drop_columns(["text"])
+        return pa.Table.from_arrays([*rest.columns, pa.array(tokens), spans], schema=TAGGED)
 
 
 # --- in the driver -------------------------------------------------------------------------------
@@ -549,6 +457,7 @@ def write_batch(committer: Committer, batch: pa.Table) -> None:
     start = 0
     while start < batch.num_rows:
         size = min(batch.num_rows - start, committer.room)
+        committer.read(size)
         add_rows(committer, batch.slice(start, size))
         start += size
         if committer.room <= 0:
@@ -563,7 +472,7 @@ def add_rows(committer: Committer, rows: pa.Table) -> None:
     if not rows.num_rows:
         return
     rejected = pc.is_valid(rows.column("reason"))
-    for reject in rows.filter(rejected).select(["input", "item", *REJECT_FIELDS]).to_pylist():
+    for reject in rows.filter(rejected).select(["input", "item", *REJECT_SCHEMA.names]).to_pylist():
         position = (reject.pop("input"), reject.pop("item") + 1)
         committer.reject(Reject(**reject), position)
     annotated = rows.filter(pc.invert(rejected))
@@ -585,6 +494,3 @@ def add_rows(committer: Committer, rows: pa.Table) -> None:
     last = (rows.column("input")[-1].as_py(), rows.column("item")[-1].as_py() + 1)
     tokens = pc.sum(annotated.column("tokens")).as_py() or 0
     committer.add_table(table, annotated.num_rows, tokens, last)
-
-
-REJECT_FIELDS = ["source", "doc_id", "line", "reason"]

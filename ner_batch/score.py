@@ -312,13 +312,14 @@ def load_tagger(
     `model` is a bundle when it is an object-store URI (a checkpoint is only ever local) or a
     local directory with a bundle.json; anything else is read as a checkpoint."""
     from .bundle import BUNDLE_FILE, load_bundle
+    from .runtimes import open_tagger
 
     options = scoring_options(batch_size)
     location = str(model)
     path = Path(local_path(location))
     if is_uri(location) or (path / BUNDLE_FILE).is_file():
         bundle = load_bundle(location)
-        tagger = bundle.tagger(variant=variant, runtime=runtime, options=options)
+        tagger = open_tagger(bundle, variant=variant, runtime=runtime, options=options)
         where = location if is_uri(location) else path
         return tagger, (
             f"bundle {where} ({bundle.resolve_variant(variant)} on {tagger.runtime['runtime']})"

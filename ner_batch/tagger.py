@@ -92,6 +92,19 @@ class TaggerOptions:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
 
 
+def check_window(max_length: int, stride: int, n_special: int) -> None:
+    """Raise ValueError unless windows of `max_length` sub-tokens (`n_special` of them the
+    tokenizer's specials) overlapping by `stride` leave room to tag."""
+    window = max_length - n_special
+    if window < 8:
+        raise ValueError(f"max_length {max_length} leaves fewer than 8 sub-tokens per window")
+    if not 0 <= stride < window:
+        raise ValueError(
+            f"stride {stride} must be >= 0 and smaller than the window ({window} "
+            f"sub-tokens at max_length {max_length})"
+        )
+
+
 class Tagger:
     """Runs a LogitsFn over encoded texts in length-sorted, dynamically padded batches."""
 
@@ -112,14 +125,8 @@ class Tagger:
         self.encoder = encoder
         self.labels = LabelSet(labels)
         self.logits_fn = logits_fn
+        check_window(max_length, stride, encoder.n_special)
         self.window = max_length - encoder.n_special
-        if self.window < 8:
-            raise ValueError(f"max_length {max_length} leaves fewer than 8 sub-tokens per window")
-        if not 0 <= stride < self.window:
-            raise ValueError(
-                f"stride {stride} must be >= 0 and smaller than the window ({self.window} "
-                f"sub-tokens at max_length {max_length})"
-            )
         self.stride = stride
         self.batch_size = options.batch_size
         self.max_batch_tokens = options.max_batch_tokens

@@ -310,8 +310,8 @@ def dev_metrics(
     model, *, encoder: TextEncoder, labels: list[str], documents: list[Document], max_length: int
 ) -> dict:
     """Micro P/R/F1 and per-type scores of `model` on dev, computed as `nerbatch score` does."""
-    from .score import evaluate_tagger
-    from .tagger import Tagger, TaggerOptions, default_stride
+    from .score import evaluate_tagger, scoring_options
+    from .tagger import Tagger, default_stride
 
     model.eval()
     tagger = Tagger(
@@ -320,7 +320,7 @@ def dev_metrics(
         torch_logits_fn(model),
         max_length,
         stride=default_stride(max_length),
-        options=TaggerOptions(batch_size=64, max_batch_tokens=8192),
+        options=scoring_options(),
     )
     report = evaluate_tagger(tagger, documents)
     model.train()

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from .errors import OutputError
-from .output import MANIFEST, SUCCESS, OutputDir, read_manifest
+from .manifest import Manifest, read_manifest
+from .output import MANIFEST, SUCCESS, OutputDir
 from .storage import write_file
 from .view_inputs import input_problems, input_rows, read_texts, reject_summary
 from .view_page import RunFacts, render_view
@@ -35,7 +36,7 @@ from .view_scan import Scan, ViewOptions, read_sample_rows, scan
 __all__ = ["ViewOptions", "build_view", "view"]
 
 
-def _open_output(output: str | Path) -> tuple[OutputDir, dict, list[str], list[str]]:
+def _open_output(output: str | Path) -> tuple[OutputDir, Manifest, list[str], list[str]]:
     """(output, its manifest, the parts it names that exist, those that are missing)."""
     out = OutputDir(output)
     if not out.exists():
@@ -43,55 +44,55 @@ def _open_output(output: str | Path) -> tuple[OutputDir, dict, list[str], list[s
     manifest = read_manifest(out)
     if manifest is None:
         raise OutputError(f"{out} is not an annotate output (no {MANIFEST})")
-    parts = [p["file"] for p in manifest.get("parts", [])]
+    parts = [p.file for p in manifest.parts]
     missing = [p for p in parts if not out.exists(p)]
     return out, manifest, [p for p in parts if p not in missing], missing
 
 
-def _run_facts(out: OutputDir, manifest: dict, complete: bool) -> RunFacts:
+def _run_facts(out: OutputDir, manifest: Manifest, complete: bool) -> RunFacts:
     """What the page's Run section shows, from the manifest."""
-    counts = manifest.get("counts", {})
-    summary = manifest.get("summary") or {}
-    files = manifest.get("files") or {}
-    settings = dict(manifest.get("settings", {}))
+    counts = manifest.counts
+    summary = manifest.summary or {}
+    files = manifest.files or {}
+    settings = dict(manifest.settings)
     read = settings.pop("read", {})
     options = [
         (key, value)
-        for key, value in {**manifest.get("options", {}), **settings}.items()
+        for key, value in {**manifest.options, **settings}.items()
         if key not in ("read",)
     ] + [(f"read.{key}", value) for key, value in read.items()]
     return RunFacts(
         location=str(out),
         complete=complete,
-        parts=len(manifest.get("parts", [])),
-        inputs=len(manifest.get("inputs", [])),
-        documents=counts.get("documents"),
-        annotated=counts.get("annotated"),
-        rejected=counts.get("rejected"),
-        spans=counts.get("spans"),
-        tokens=counts.get("tokens"),
+        parts=len(manifest.parts),
+        inputs=len(manifest.inputs),
+        documents=counts.documents,
+        annotated=counts.annotated,
+        rejected=counts.rejected,
+        spans=counts.spans,
+        tokens=counts.tokens,
         files_read=files.get("read", "-"),
         files_rejected=files.get("rejected", "-"),
         files_skipped=files.get("skipped", "-"),
         tokens_per_second=summary.get("tokens_per_second"),
         seconds=summary.get("seconds"),
-        bundle_id=manifest.get("bundle_id", "-"),
-        bundle=manifest.get("bundle", "-"),
-        variant=manifest.get("variant", "-"),
-        runtime=manifest.get("settings", {}).get("runtime", "onnxruntime"),
-        device=manifest.get("device", "-"),
-        started=manifest.get("started", "-"),
-        finished=manifest.get("finished", "-"),
-        runs=manifest.get("runs"),
-        versions=manifest.get("versions", {}),
+        bundle_id=manifest.bundle_id or "-",
+        bundle=manifest.bundle or "-",
+        variant=manifest.variant or "-",
+        runtime=manifest.runtime,
+        device=manifest.device or "-",
+        started=manifest.started or "-",
+        finished=manifest.finished or "-",
+        runs=manifest.runs,
+        versions=manifest.versions,
         options=options,
     )
 
 
-def _span_count_problems(manifest: dict, result: Scan, complete_read: bool) -> list[str]:
+def _span_count_problems(manifest: Manifest, result: Scan, complete_read: bool) -> list[str]:
     """The manifest's count of spans against the rows the scan read (when it read every part)."""
-    recorded = manifest.get("counts", {}).get("spans")
-    if recorded is not None and recorded != result.rows and complete_read:
+    recorded = manifest.counts.spans
+    if recorded != result.rows and complete_read:
         return [f"the manifest counts {recorded:,} spans, the parts hold {result.rows:,} rows"]
     return []
 

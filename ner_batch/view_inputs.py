@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import pyarrow.compute as pc
 
 from .errors import NerbatchError
+from .manifest import Manifest
 from .output import REJECTS, OutputDir
 from .readers import InputFile, ReadOptions, Reject, expand_inputs, printable, read_file
 from .view_scan import UNREADABLE, SampledDoc, open_part
@@ -51,12 +52,12 @@ def _common_suffix(a: list[str], b: list[str]) -> int:
 
 
 def locate_inputs(
-    manifest: dict, sources: Sequence[str], overrides: Sequence[str]
+    manifest: Manifest, sources: Sequence[str], overrides: Sequence[str]
 ) -> dict[str, InputStatus]:
     """For each `source` (of the sampled documents): the input file to re-read, found at its
     recorded path or, with `overrides`, among those files by the longest common path suffix."""
     recorded = {}
-    for index, item in enumerate(manifest.get("inputs", [])):
+    for index, item in enumerate(manifest.inputs):
         # `source` holds the readers' printable form of the path
         recorded.setdefault(printable(item["path"]), (index, item))
     moved, override_error = _expand_overrides(overrides)
@@ -148,8 +149,8 @@ def _as_read(file: InputFile, item: dict, status: InputStatus) -> InputFile:
 # --- re-reading the texts ------------------------------------------------------------------------
 
 
-def _read_options(manifest: dict) -> ReadOptions:
-    recorded = manifest.get("settings", {}).get("read", {})
+def _read_options(manifest: Manifest) -> ReadOptions:
+    recorded = manifest.settings.get("read", {})
     known = {f.name for f in dataclasses.fields(ReadOptions)}
     return ReadOptions(**{k: v for k, v in recorded.items() if k in known})
 
@@ -167,7 +168,7 @@ def _moved_id(doc_id: str, old: str, new: str) -> str:
 
 
 def read_texts(
-    manifest: dict, sample: Sequence[SampledDoc], overrides: Sequence[str]
+    manifest: Manifest, sample: Sequence[SampledDoc], overrides: Sequence[str]
 ) -> dict[str, InputStatus]:
     """Set `text` (or `note`) on every sampled document, re-reading each input that holds one
     up to its last sampled document. Returns the status of those inputs."""
@@ -246,13 +247,13 @@ class RejectSummary:
     problems: list[str]  # rejects files missing or unreadable, counts that disagree
 
 
-def reject_summary(out: OutputDir, manifest: dict) -> RejectSummary:
+def reject_summary(out: OutputDir, manifest: Manifest) -> RejectSummary:
     """The rejects, from the `_rejects/` files the manifest names (one per part: at most a part's
     documents each, so each is read whole)."""
     kinds: dict[str, list] = {}
     rows = 0
     problems: list[str] = []
-    files = [p["rejects_file"] for p in manifest.get("parts", []) if p.get("rejects_file")]
+    files = manifest.rejects_files()
     for name in files:
         if not out.exists(name):
             problems.append(f"{name} is named in the manifest but missing from the output")
@@ -291,7 +292,7 @@ def reject_summary(out: OutputDir, manifest: dict) -> RejectSummary:
             )
             entry[1] += record["count_all"]
     ordered = sorted((tuple(v) for v in kinds.values()), key=lambda v: (-v[1], v[0]))
-    rejected = manifest.get("counts", {}).get("rejected", 0)
+    rejected = manifest.counts.rejected
     if rows != rejected:
         problems.append(
             f"the manifest counts {rejected:,} rejected documents, {REJECTS}/ holds {rows:,} rows"

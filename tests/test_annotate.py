@@ -26,17 +26,18 @@ from helpers import (
 )
 
 import ner_batch.annotate as annotate_module
-import ner_batch.run as run_module
+import ner_batch.manifest as manifest_module
 from ner_batch.annotate import Interrupted
 from ner_batch.bundle import load_bundle
 from ner_batch.errors import InputError, OutputError
 from ner_batch.output import SPAN_SCHEMA, OutputDir
 from ner_batch.readers import ReadOptions, expand_inputs
+from ner_batch.runtimes import open_tagger
 
 
 @pytest.fixture(scope="module")
 def fp32_tagger(tiny_bundle):
-    return load_bundle(tiny_bundle).tagger(variant="fp32", threads=1)
+    return open_tagger(load_bundle(tiny_bundle), variant="fp32", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -616,11 +617,11 @@ def test_crash_between_part_and_manifest_leaves_no_duplicates(run, tmp_path, mon
     reference = tmp_path / "reference.parquet"
     run([corpus], reference, **options)
 
-    real_write = run_module.write_manifest
+    real_write = manifest_module.write_manifest
     calls = []
 
     def write_manifest(out, manifest):
-        calls.append(manifest["documents_done"])
+        calls.append(manifest.documents_done)
         # The first write is the run's initial manifest; the third part is renamed into place,
         # its manifest never written.
         if len(calls) == 4:
@@ -629,7 +630,7 @@ def test_crash_between_part_and_manifest_leaves_no_duplicates(run, tmp_path, mon
 
     out = tmp_path / "out.parquet"
     with monkeypatch.context() as patch:
-        patch.setattr(run_module, "write_manifest", write_manifest)
+        patch.setattr(manifest_module, "write_manifest", write_manifest)
         with pytest.raises(Crash):
             run([corpus], out, **options)
     assert (out / "part-00002.parquet").exists()
@@ -707,7 +708,7 @@ def test_long_document_is_annotated_whole(run, tmp_path, tiny_bundle, bundle_id)
     run([path], out, max_length=16)
     rows = rows_of(out)
     assert rows and max(r["end"] for r in rows) > len(text) - 60  # spans up to the very end
-    tagger = load_bundle(tiny_bundle).tagger(variant="fp32", max_length=16, threads=1)
+    tagger = open_tagger(load_bundle(tiny_bundle), variant="fp32", max_length=16, threads=1)
     assert_same_rows(rows, expected_rows(tagger, [("long", str(path), text)], bundle_id))
 
 

@@ -16,9 +16,12 @@ import pytest
 from click.testing import CliRunner
 from helpers import DOCS, copy_bundle, write_txt
 
+from ner_batch.backends import Model
 from ner_batch.bundle import BUNDLE_FILE, FORMAT_VERSION, load_bundle, sha256_of
 from ner_batch.cli import cli
 from ner_batch.errors import BundleError, NerbatchError
+from ner_batch.model_checks import check_graph, check_runs
+from ner_batch.runtimes import open_tagger
 
 
 @pytest.fixture
@@ -88,7 +91,7 @@ def test_corrupted_file_is_named(bundle_copy, file):
     path.write_bytes(bytes(data))
     bundle = load_bundle(bundle_copy)  # bundle.json itself is fine
     with pytest.raises(BundleError) as error:
-        bundle.tagger(variant="fp32")
+        open_tagger(bundle, variant="fp32")
     message = str(error.value)
     assert f"{file} does not match its checksum in {BUNDLE_FILE}" in message
     assert "export the bundle again" in message
@@ -97,15 +100,15 @@ def test_corrupted_file_is_named(bundle_copy, file):
 def test_corrupted_variant_only_fails_when_used(bundle_copy):
     (bundle_copy / "model.int8.onnx").write_bytes(b"garbage")
     bundle = load_bundle(bundle_copy)
-    bundle.tagger(variant="fp32", threads=1)  # fine: int8 is not used
+    open_tagger(bundle, variant="fp32", threads=1)  # fine: int8 is not used
     with pytest.raises(BundleError, match=re.escape("model.int8.onnx does not match")):
-        bundle.tagger(variant="auto", device="cpu")
+        open_tagger(bundle, variant="auto", device="cpu")
 
 
 def test_missing_model_file(bundle_copy):
     (bundle_copy / "model.fp16.onnx").unlink()
     with pytest.raises(BundleError, match="is missing model.fp16.onnx"):
-        load_bundle(bundle_copy).tagger(variant="fp16")
+        open_tagger(load_bundle(bundle_copy), variant="fp16")
 
 
 def test_unreadable_onnx_with_matching_checksum(bundle_copy):
@@ -116,7 +119,7 @@ def test_unreadable_onnx_with_matching_checksum(bundle_copy):
         lambda meta: meta["variants"]["fp32"].update(sha256=sha256_of(bundle_copy / "model.onnx")),
     )
     with pytest.raises(BundleError, match="ONNX Runtime cannot load .*model.onnx"):
-        load_bundle(bundle_copy).tagger(variant="fp32")
+        open_tagger(load_bundle(bundle_copy), variant="fp32")
 
 
 @pytest.mark.parametrize(
@@ -132,7 +135,7 @@ def test_unreadable_onnx_with_matching_checksum(bundle_copy):
 )
 def test_unknown_variant_or_device(tiny_bundle, variant, device, message):
     with pytest.raises(BundleError, match=re.escape(message)):
-        load_bundle(tiny_bundle).tagger(variant=variant, device=device)
+        open_tagger(load_bundle(tiny_bundle), variant=variant, device=device)
 
 
 def test_variant_not_in_bundle(bundle_copy):
@@ -140,7 +143,7 @@ def test_variant_not_in_bundle(bundle_copy):
     with pytest.raises(
         BundleError, match=re.escape("has no int8 variant (it has ['fp16', 'fp32'])")
     ):
-        load_bundle(bundle_copy).tagger(variant="int8")
+        open_tagger(load_bundle(bundle_copy), variant="int8")
 
 
 def test_tokenizer_vocab_size_mismatch(bundle_copy):
@@ -149,12 +152,12 @@ def test_tokenizer_vocab_size_mismatch(bundle_copy):
     edit_meta(bundle_copy, lambda meta: meta["tokenizer"].update(vocab_size=100))
     bundle = load_bundle(bundle_copy)
     with pytest.raises(BundleError) as error:
-        bundle.tagger(variant="fp32")
+        open_tagger(bundle, variant="fp32")
     actual = json.loads((bundle_copy / "tokenizer.json").read_text())["model"]["vocab"]
     assert f"tokenizer has {len(actual)} entries" in str(error.value)
     assert "vocabulary of 100" in str(error.value)
     edit_meta(bundle_copy, lambda meta: meta["tokenizer"].update(vocab_size=len(actual) + 99))
-    load_bundle(bundle_copy).tagger(variant="fp32")
+    open_tagger(load_bundle(bundle_copy), variant="fp32")
 
 
 def test_cuda_without_provider(tiny_bundle):
@@ -163,18 +166,18 @@ def test_cuda_without_provider(tiny_bundle):
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA")
     with pytest.raises(BundleError, match="--device cuda needs onnxruntime-gpu"):
-        load_bundle(tiny_bundle).tagger(variant="fp32", device="cuda")
+        open_tagger(load_bundle(tiny_bundle), variant="fp32", device="cuda")
 
 
 def test_shorter_window_gets_a_proportional_stride(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
-    default = bundle.tagger(variant="fp32", threads=1)
+    default = open_tagger(bundle, variant="fp32", threads=1)
     assert default.window == bundle.meta["max_length"] - 2
     assert default.stride == bundle.meta["stride"]
-    short = bundle.tagger(variant="fp32", max_length=16, threads=1)
+    short = open_tagger(bundle, variant="fp32", max_length=16, threads=1)
     assert (short.window, short.stride) == (14, 4)
     with pytest.raises(NerbatchError, match="stride 20 must be >= 0 and smaller than the window"):
-        bundle.tagger(variant="fp32", max_length=16, stride=20)
+        open_tagger(bundle, variant="fp32", max_length=16, stride=20)
 
 
 def test_export_records_the_model_positions(tiny_bundle):
@@ -339,7 +342,7 @@ def test_fewer_labels_than_model_outputs(bundle_copy, annotate_cli):
 def test_more_labels_than_model_outputs(bundle_copy):
     edit_meta(bundle_copy, lambda meta: meta["labels"].append("B-MISC"))
     with pytest.raises(BundleError, match="the model has 7 output labels but bundle.json lists 8"):
-        load_bundle(bundle_copy).tagger(variant="fp32", threads=1)
+        open_tagger(load_bundle(bundle_copy), variant="fp32", threads=1)
 
 
 def test_stride_that_fits_max_length_but_not_the_window(bundle_copy, annotate_cli):
@@ -390,29 +393,19 @@ def test_bundle_max_length_longer_than_the_model_positions(bundle_copy):
 
     edit_meta(bundle_copy, edit)
     with pytest.raises(BundleError) as error:
-        load_bundle(bundle_copy).tagger(variant="int8", threads=1)
+        open_tagger(load_bundle(bundle_copy), variant="int8", threads=1)
     assert "max_length 300 in bundle.json is longer than the model's 256 positions" in str(
         error.value
     )
 
 
-class FakeSession:
-    """Just enough of an ort.InferenceSession for the graph and probe checks."""
+def fake_model(inputs, output_shape, n_labels=7) -> Model:
+    """A backends.Model with these inputs and output shape, whose logits have `n_labels`."""
 
-    def __init__(self, inputs, output_shape, n_labels=7):
-        self.inputs = [SimpleNamespace(name=n, type=t) for n, t in inputs.items()]
-        self.output_shape = output_shape
-        self.n_labels = n_labels
+    def logits(ids, mask, types):
+        return np.zeros((*ids.shape, n_labels), dtype=np.float32)
 
-    def get_inputs(self):
-        return self.inputs
-
-    def get_outputs(self):
-        return [SimpleNamespace(name="logits", shape=self.output_shape)]
-
-    def run(self, names, feed, options=None):
-        ids = feed["input_ids"]
-        return [np.zeros((*ids.shape, self.n_labels), dtype=np.float32)]
+    return Model("onnxruntime", Path("model.onnx"), dict(inputs), output_shape, 1, logits)
 
 
 INT64 = "tensor(int64)"
@@ -430,15 +423,15 @@ BERT_INPUTS = {"input_ids": INT64, "attention_mask": INT64, "token_type_ids": IN
 def test_session_inputs_are_checked(tiny_bundle, inputs, message):
     bundle = load_bundle(tiny_bundle)
     with pytest.raises(BundleError, match=re.escape(message)):
-        bundle._check_graph(FakeSession(inputs, ["batch", "sequence", 7]), "model.onnx")
-    bundle._check_graph(FakeSession(BERT_INPUTS, ["batch", "sequence", 7]), "model.onnx")
+        check_graph(bundle, fake_model(inputs, ["batch", "sequence", 7]))
+    check_graph(bundle, fake_model(BERT_INPUTS, ["batch", "sequence", 7]))
     no_types = {"input_ids": INT64, "attention_mask": INT64}
-    bundle._check_graph(FakeSession(no_types, ["batch", "sequence", 7]), "model.onnx")
+    check_graph(bundle, fake_model(no_types, ["batch", "sequence", 7]))
 
 
 def test_symbolic_label_dimension_is_checked_by_the_probe(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
-    session = FakeSession(BERT_INPUTS, ["batch", "sequence", "labels"], n_labels=5)
-    bundle._check_graph(session, "model.onnx")  # cannot tell from the graph
+    model = fake_model(BERT_INPUTS, ["batch", "sequence", "labels"], n_labels=5)
+    check_graph(bundle, model)  # cannot tell from the graph
     with pytest.raises(BundleError, match="the model has 5 output labels but bundle.json lists 7"):
-        bundle._check_runs(session, bundle.encoder(), "model.onnx", 32, chosen=False)
+        check_runs(bundle, model, bundle.encoder(), 32, chosen=False)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import build_corpus, write_bad_inputs
 
-import ner_batch.run as run_module
+import ner_batch.manifest as manifest_module
 from ner_batch.annotate import AnnotateConfig, annotate
 from ner_batch.errors import InputError
 from ner_batch.readers import ReadOptions
@@ -164,7 +164,7 @@ def test_s3_run_resumes_after_a_crash(s3, tiny_bundle, tmp_path, monkeypatch):
     }
     complete = annotate(AnnotateConfig([corpus_uri], f"s3://{BUCKET}/reference", **options))
 
-    real_write = run_module.write_manifest
+    real_write = manifest_module.write_manifest
     calls = []
 
     class Crash(Exception):
@@ -180,7 +180,7 @@ def test_s3_run_resumes_after_a_crash(s3, tiny_bundle, tmp_path, monkeypatch):
 
     out = f"s3://{BUCKET}/out"
     with monkeypatch.context() as patch:
-        patch.setattr(run_module, "write_manifest", write_manifest)
+        patch.setattr(manifest_module, "write_manifest", write_manifest)
         with pytest.raises(Crash):
             annotate(AnnotateConfig([corpus_uri], out, **options))
     manifest = json.loads(s3.open_input_stream(f"{BUCKET}/out/_manifest.json").read())

@@ -23,14 +23,15 @@ from helpers import build_corpus, write_bad_inputs, write_parquet
 from test_annotate import Crash, assert_complete, crashing_documents, manifest_of, rows_of
 
 import ner_batch.annotate as annotate_module
+import ner_batch.manifest as manifest_module
 import ner_batch.ray_engine as ray_engine
-import ner_batch.run as run_module
 from ner_batch.annotate import AnnotateConfig, Interrupted, RayOptions, annotate
 from ner_batch.cli import cli
 from ner_batch.errors import BundleError, InputError, MissingExtraError, NerbatchError
+from ner_batch.manifest import Manifest
+from ner_batch.plan import resume_point
 from ner_batch.ray_engine import RayStopFlag, _ray_error
 from ner_batch.readers import ReadOptions
-from ner_batch.run import resume_point
 
 # Ray Data's DataContext.copy() touches its own deprecated settings.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
@@ -220,11 +221,11 @@ def test_resume_after_a_driver_crash(cluster, run, corpus, tmp_path, monkeypatch
     reference = tmp_path / "reference.parquet"
     complete = run([corpus], reference)
     out = tmp_path / "out.parquet"
-    real_write = run_module.write_manifest
+    real_write = manifest_module.write_manifest
     commits = []
 
     def write_manifest(out, manifest):
-        commits.append(manifest["documents_done"])
+        commits.append(manifest.documents_done)
         # The first write is the run's initial manifest; the fourth part is on disk, its
         # manifest never written.
         if len(commits) == 5:
@@ -232,13 +233,13 @@ def test_resume_after_a_driver_crash(cluster, run, corpus, tmp_path, monkeypatch
         real_write(out, manifest)
 
     with monkeypatch.context() as patch:
-        patch.setattr(run_module, "write_manifest", write_manifest)
+        patch.setattr(manifest_module, "write_manifest", write_manifest)
         with pytest.raises(Crash):
             run([corpus], out, engine="ray")
     manifest = manifest_of(out)
     assert manifest["documents_done"] == 21 and not manifest["complete"]
     assert (out / "part-00003.parquet").exists()  # the uncommitted one: overwritten on resume
-    first, skip, drop = resume_point(manifest)
+    first, skip, drop = resume_point(Manifest.from_json(manifest))
     assert drop == 0 and (first, skip) != (0, 0)  # reading starts where the commits end
 
     resumed = run([corpus], out, engine="ray")
@@ -261,7 +262,11 @@ def test_one_engine_resumes_the_other(cluster, run, corpus, tmp_path, monkeypatc
             run([corpus], out)
     position = manifest_of(out)["position"]
     assert position["documents_done"] == 21
-    assert resume_point(manifest_of(out)) == (position["input"], position["items"], 0)
+    assert resume_point(Manifest.from_json(manifest_of(out))) == (
+        position["input"],
+        position["items"],
+        0,
+    )
     # Ray gets SIGTERM (as from cron or Airflow) once it has written 10 documents more: it
     # commits what has arrived and stops; the local engine finishes.
     write_batch = ray_engine.write_batch

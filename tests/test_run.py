@@ -21,7 +21,7 @@ from test_annotate import Crash, assert_complete, crashing_documents, manifest_o
 
 import ner_batch
 import ner_batch.annotate as annotate_module
-import ner_batch.run as run_module
+import ner_batch.manifest as manifest_module
 from ner_batch.annotate import AnnotateConfig, annotate
 from ner_batch.errors import OptionError, OutputError
 from ner_batch.output import SPAN_SCHEMA, PartWriter
@@ -232,20 +232,64 @@ def test_cli_defaults_are_the_library_defaults():
 # --- the import graph ----------------------------------------------------------------------------
 
 
-def module_imports() -> dict[str, list[tuple[str, list[str]]]]:
-    """For each module of the package: (imported module, names) of its `from .x import ...`."""
+def module_imports(package: Path = PACKAGE) -> dict[str, list[tuple[str, list[str]]]]:
+    """For each module of the package: (imported module, names) of every import of another
+    module of it, in any form and anywhere (lazy imports in functions included): `from .x
+    import a`, `from . import x`, `import ner_batch.x`, `from ner_batch import x`, `from
+    ner_batch.x import a`. A name of the package's `__init__` (`from . import __version__`)
+    is an edge to `__init__`."""
+    name = package.name
+    modules = {path.stem for path in package.glob("*.py")}
     graph = {}
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(package.glob("*.py")):
         tree = ast.parse(path.read_text())
         edges = []
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                target = node.module or ""
-                if not target:  # `from . import __version__`
-                    target = "__init__"
-                edges.append((target, [alias.name for alias in node.names]))
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    head, _, rest = alias.name.partition(".")
+                    if head == name and rest:
+                        edges.append((rest.split(".")[0], []))
+            elif isinstance(node, ast.ImportFrom):
+                if node.level == 1:
+                    target = node.module or ""
+                elif node.level == 0 and (node.module or "").split(".")[0] == name:
+                    target = (node.module or "").partition(".")[2]
+                else:
+                    continue
+                if target:
+                    edges.append((target.split(".")[0], [alias.name for alias in node.names]))
+                    continue
+                for alias in node.names:  # `from . import x`: a module, or a name of __init__
+                    if alias.name in modules:
+                        edges.append((alias.name, []))
+                    else:
+                        edges.append(("__init__", [alias.name]))
         graph[path.stem] = edges
     return graph
+
+
+def test_the_import_walk_sees_every_form_of_import(tmp_path):
+    package = tmp_path / "ner_batch"
+    package.mkdir()
+    (package / "__init__.py").write_text("__version__ = '1'\n")
+    for leaf in ("b", "c", "d", "e", "f", "g"):
+        (package / f"{leaf}.py").write_text("")
+    (package / "a.py").write_text(
+        "from . import b, __version__\n"
+        "from .c import thing\n"
+        "import ner_batch.d\n"
+        "from ner_batch import e\n"
+        "def lazy():\n"
+        "    from ner_batch.f import other\n"
+        "    from . import g as renamed\n"
+    )
+    edges = module_imports(package)["a"]
+    assert {target for target, _ in edges} == {"b", "c", "d", "e", "f", "g", "__init__"}
+    assert ("__init__", ["__version__"]) in edges
+    # and on the package itself: the edges that `from . import x` makes are seen
+    real = {m: {t for t, _ in e} for m, e in module_imports().items()}
+    assert "backends" in real["runtimes"] and "openvino_backend" in real["backends"]
 
 
 def test_no_module_imports_a_private_name_from_another():
@@ -289,8 +333,8 @@ def test_two_runs_on_a_stale_lock_never_both_hold_it(tmp_path, monkeypatch):
     taking the lock and writing it (where a check-then-act take-over lets both in)."""
     import threading
 
+    from ner_batch.lock import RunLock
     from ner_batch.output import OutputDir
-    from ner_batch.run import RunLock
 
     real_take = RunLock._take
 
@@ -348,18 +392,18 @@ def test_a_crash_between_the_first_part_and_its_manifest_resumes(run, tmp_path, 
     corpus = build_corpus(tmp_path)
     reference = tmp_path / "reference.parquet"
     run([corpus], reference)
-    real_write = run_module.write_manifest
+    real_write = manifest_module.write_manifest
     calls = []
 
     def write_manifest(out, manifest):
-        calls.append(len(manifest["parts"]))
+        calls.append(len(manifest.parts))
         if len(calls) == 2:  # the first part's commit
             raise Crash("killed before the manifest")
         real_write(out, manifest)
 
     out = tmp_path / "out.parquet"
     with monkeypatch.context() as patch:
-        patch.setattr(run_module, "write_manifest", write_manifest)
+        patch.setattr(manifest_module, "write_manifest", write_manifest)
         with pytest.raises(Crash):
             run([corpus], out)
     assert (out / "part-00000.parquet").exists() and manifest_of(out)["parts"] == []
@@ -510,7 +554,7 @@ def test_overwrite_killed_midway_leaves_an_output_the_same_command_completes(run
     run([corpus], out, part_docs=3)
     reference = tmp_path / "reference.parquet"
     run([corpus], reference, part_docs=5)
-    real_remove = run_module.OutputDir.remove
+    real_remove = manifest_module.OutputDir.remove
     calls = []
 
     def remove(self, name):
@@ -520,7 +564,7 @@ def test_overwrite_killed_midway_leaves_an_output_the_same_command_completes(run
         real_remove(self, name)
 
     with pytest.raises(Crash), pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run_module.OutputDir, "remove", remove)
+        patch.setattr(manifest_module.OutputDir, "remove", remove)
         run([corpus], out, part_docs=5, overwrite=True)
     assert manifest_of(out)["parts"] == []  # the new run's manifest came first
     run([corpus], out, part_docs=5)  # the same options, without --overwrite: it resumes

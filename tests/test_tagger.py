@@ -21,9 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
-from ner_batch.bundle import load_bundle, onnx_logits_fn
+from ner_batch import backends
+from ner_batch.bundle import load_bundle
 from ner_batch.errors import NerbatchError
 from ner_batch.features import windows
+from ner_batch.runtimes import open_tagger
 from ner_batch.tagger import Tagger, TaggerOptions
 
 # Pieces of hostile text: runs of whitespace of every kind, accents precomposed and combining,
@@ -95,7 +97,7 @@ def bundle(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def onnx_tagger(bundle):
-    return bundle.tagger(variant="fp32", threads=1)
+    return open_tagger(bundle, variant="fp32", threads=1)
 
 
 def fake_tagger(bundle, logits_fn, max_length=32, stride=8) -> Tagger:
@@ -236,7 +238,7 @@ def test_bio_repair_and_mean_score(bundle):
 
 
 def test_long_document_gets_a_label_for_every_word(bundle):
-    tagger = bundle.tagger(variant="fp32", max_length=16, threads=1)
+    tagger = open_tagger(bundle, variant="fp32", max_length=16, threads=1)
     assert tagger.window == 14
     words = ["John", "visited", "Paris", "with", "Mary", ",", "é", "中", "acmeinc"] * 60
     text = " ".join(words)
@@ -293,7 +295,7 @@ def test_entity_across_window_boundaries_is_one_span(bundle):
 
 
 def test_megabyte_document(bundle):
-    tagger = bundle.tagger(variant="fp32", threads=1, max_length=128, stride=16)
+    tagger = open_tagger(bundle, variant="fp32", threads=1, max_length=128, stride=16)
     rng = random.Random(0)
     vocabulary = ["the", "a", "of", "John", "Smith", "Paris", "London", "said", "é", "中", "."]
     text = " ".join(rng.choice(vocabulary) for _ in range(270_000))
@@ -330,6 +332,12 @@ def random_batch(encoder, rng, batch: int, seq: int):
     return ids, mask, types
 
 
+def variant_logits_fn(bundle, variant: str):
+    """The variant's LogitsFn on ONNX Runtime, one thread."""
+    file = bundle.path / bundle.meta["variants"][variant]["file"]
+    return backends.load("onnxruntime", file, threads=1).logits
+
+
 @pytest.mark.parametrize(("batch", "seq"), [(1, 3), (1, 32), (3, 17), (8, 9), (5, 64)])
 def test_onnx_fp32_matches_pytorch(bundle, checkpoint, batch, seq):
     from ner_batch.checkpoint import torch_logits_fn
@@ -338,7 +346,7 @@ def test_onnx_fp32_matches_pytorch(bundle, checkpoint, batch, seq):
     rng = np.random.default_rng(batch * 100 + seq)
     inputs = random_batch(encoder, rng, batch, seq)
     expected = torch_logits_fn(model)(*inputs)
-    got = onnx_logits_fn(bundle.session("fp32", threads=1))(*inputs)
+    got = variant_logits_fn(bundle, "fp32")(*inputs)
     assert got.shape == expected.shape == (batch, seq, len(bundle.labels))
     mask = inputs[1].astype(bool)
     assert np.abs(got - expected)[mask].max() < 1e-3
@@ -354,7 +362,7 @@ def test_reduced_precision_argmax_mostly_agrees(bundle, checkpoint, variant):
     mask = inputs[1].astype(bool)
     expected = torch_logits_fn(model)(*inputs).argmax(-1)[mask]
     bundle.verify(variant)
-    got = onnx_logits_fn(bundle.session(variant, threads=1))(*inputs).argmax(-1)[mask]
+    got = variant_logits_fn(bundle, variant)(*inputs).argmax(-1)[mask]
     assert (got == expected).mean() >= 0.9
 
 
@@ -386,7 +394,7 @@ def test_int8_ops_choose_what_is_quantized(tiny_bundle, tiny_checkpoint, tiny_co
     assert result.exit_code == 0, result.output
     ops, nodes = int8_ops_of(out)
     assert ops == "matmul+attention" and "QAttention" in nodes and "Attention" not in nodes
-    tagger = load_bundle(out).tagger(variant="int8", threads=1)
+    tagger = open_tagger(load_bundle(out), variant="int8", threads=1)
     text = "John Smith visited Paris ."
     check_spans(text, tagger.tag([text])[0], tagger.labels.types)
 
@@ -404,7 +412,7 @@ def test_onnx_tagger_matches_pytorch_tagger(bundle, checkpoint, onnx_tagger):
 
     model, encoder, meta = checkpoint
     torch_tagger = Tagger(encoder, meta["labels"], torch_logits_fn(model), 16, 4)
-    onnx_small = bundle.tagger(variant="fp32", max_length=16, stride=4, threads=1)
+    onnx_small = open_tagger(bundle, variant="fp32", max_length=16, stride=4, threads=1)
     texts = ["John Smith visited Paris .", "", " ".join(["Mary met the European Commission"] * 9)]
     encoded = [encoder.encode(t) for t in texts]
     for a, b in zip(torch_tagger.predict(encoded), onnx_small.predict(encoded), strict=True):
@@ -423,7 +431,7 @@ def test_onnx_tagger_matches_pytorch_tagger(bundle, checkpoint, onnx_tagger):
 )
 def test_windows_stop_at_segment_boundaries(tiny_bundle, segment, expected):
     bundle = load_bundle(tiny_bundle)
-    tagger = bundle.tagger(variant="fp32", options=TaggerOptions(segment=segment))
+    tagger = open_tagger(bundle, variant="fp32", options=TaggerOptions(segment=segment))
     encoded = tagger.encoder.encode("john smith\nmary paris\n\nberlin")
     assert len(encoded) == 5
     assert tagger._windows(encoded) == expected
@@ -466,14 +474,19 @@ def test_streams_give_the_same_spans_as_one_at_a_time(bundle):
     rng = random.Random(5)
     words = ["John", "Smith", "visited", "Paris", "and", "Berlin", "for", "Acme", "Corp", "."]
     texts = [" ".join(rng.choices(words, k=rng.randint(1, 60))) for _ in range(200)]
-    one = bundle.tagger(
-        "fp32", threads=1, max_length=24, stride=4, options=TaggerOptions(batch_size=4)
+    one = open_tagger(
+        bundle, "fp32", threads=1, max_length=24, stride=4, options=TaggerOptions(batch_size=4)
     )
-    many = bundle.tagger(
-        "fp32", threads=2, max_length=24, stride=4, options=TaggerOptions(batch_size=4, streams=3)
+    many = open_tagger(
+        bundle,
+        "fp32",
+        threads=2,
+        max_length=24,
+        stride=4,
+        options=TaggerOptions(batch_size=4, streams=3),
     )
     assert many.streams == 3
     assert many.tag(texts) == one.tag(texts)
-    assert bundle.tagger("fp32", options=TaggerOptions(streams=0)).streams == 1  # ORT's best
+    assert open_tagger(bundle, "fp32", options=TaggerOptions(streams=0)).streams == 1  # ORT's best
     with pytest.raises(NerbatchError, match="streams must be >= 0"):
-        bundle.tagger("fp32", options=TaggerOptions(streams=-1))
+        open_tagger(bundle, "fp32", options=TaggerOptions(streams=-1))

@@ -20,7 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from ner_batch.cli import cli
-from ner_batch.output import MANIFEST_FORMAT, REJECT_SCHEMA, SPAN_SCHEMA
+from ner_batch.manifest import MANIFEST_FORMAT
+from ner_batch.output import REJECT_SCHEMA, SPAN_SCHEMA
 from ner_batch.page import Highlight, Labels, check_spans, esc, highlight, page, windows
 from ner_batch.view import ViewOptions, build_view, view
 
