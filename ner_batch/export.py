@@ -11,16 +11,22 @@ listing every disagreement (unless `keep_failed`, which keeps it with a warning)
 
 `export` is three steps, each callable on its own: `build_variants` (the ONNX files),
 `validate_variants` (every problem at once, never an exception for a bad variant) and
-`write_bundle`. It does not train (`train.py`), read the checkpoint itself (`checkpoint.py`) or
-load bundles for annotation (`bundle.py`). Torch and transformers are imported inside functions.
+`write_bundle`. What the libraries it drives say (ONNX Runtime's quantizer and optimizer,
+transformers' loading bars, Python warnings) goes to this module's debug log, and is repeated
+as warnings if the export fails (`ThirdPartyLogs`). It does not train (`train.py`), read the
+checkpoint itself (`checkpoint.py`) or load bundles for annotation (`bundle.py`). Torch and
+transformers are imported inside functions.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -76,6 +82,88 @@ class Validation:
         return [v for v, entry in self.variants.items() if entry["max_abs_logit_diff"] is None]
 
 
+class ThirdPartyLogs(logging.Handler):
+    """While in use, what other libraries log (warnings, through the root logger), Python
+    warnings and transformers' messages and progress bars are kept out of the terminal: each
+    goes to nerbatch's debug log (`nerbatch --verbose`), and `replay` repeats them as warnings
+    when the export fails, so that nothing that might explain a failure is lost. Handlers a
+    caller put on the root logger still see them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.heard: list[tuple[str, str]] = []  # (library, message)
+        self.stack = contextlib.ExitStack()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == "ner_batch" or record.name.startswith("ner_batch."):
+            return  # our own, when the ner_batch logger propagates (a library caller)
+        self.relay(record.name, record.getMessage())
+
+    def relay(self, library: str, message: str) -> None:
+        self.heard.append((library, message))
+        log.debug("%s: %s", library, message, extra={"event": "third_party", "library": library})
+
+    def _warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        self.relay("py.warnings", f"{category.__name__}: {message} ({filename}:{lineno})")
+
+    def __enter__(self) -> ThirdPartyLogs:
+        root = logging.getLogger()
+        root.addHandler(self)  # also keeps logging.warning() from adding a stderr handler
+        self.stack.callback(root.removeHandler, self)
+        self.stack.enter_context(warnings.catch_warnings())  # restores showwarning on exit
+        warnings.showwarning = self._warning
+        self.stack.enter_context(_transformers_quiet())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stack.close()
+
+    def replay(self) -> None:
+        """Repeat what was heard as warnings, unless the debug log showed it already."""
+        if log.isEnabledFor(logging.DEBUG):
+            return
+        for library, message in self.heard:
+            log.warning("%s said: %s", library, message, extra={"event": "third_party"})
+
+
+@contextlib.contextmanager
+def _transformers_quiet():
+    """transformers' messages through the root logger (so ThirdPartyLogs gets them) and its
+    progress bars off ("Loading weights"), each as it was afterwards."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # not installed: export fails later with its own clear error
+        yield
+        return
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+    try:
+        yield
+    finally:
+        hf_logging.disable_propagation()
+        hf_logging.enable_default_handler()
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def quiet_third_party(function):
+    """Run `function` under ThirdPartyLogs, replaying what was heard if it fails."""
+
+    @functools.wraps(function)
+    def quiet(*args, **kwargs):
+        with ThirdPartyLogs() as heard:
+            try:
+                return function(*args, **kwargs)
+            except BaseException:
+                heard.replay()
+                raise
+
+    return quiet
+
+
+@quiet_third_party
 def export(
     checkpoint: str | Path,
     out: str | Path,
