@@ -25,7 +25,7 @@ from .committer import Committer
 from .errors import Interrupted
 from .features import Encoded
 from .plan import RunPlan, complete_summary, open_plan
-from .readers import Document, InputFile, ReadOptions, Reject, read_file
+from .readers import Document, InputFile, ReadMeter, ReadOptions, Reject, read_file
 from .run import AnnotateConfig, RayOptions, StopFlag, chunks
 from .tagger import Prediction, Tagger
 
@@ -44,8 +44,13 @@ class Engine(Protocol):
     def run(self, plan: RunPlan, committer: Committer, stop: StopFlag) -> None: ...
 
 
-def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
-    """Annotate the inputs into `config.output`; returns the run summary."""
+def annotate(
+    config: AnnotateConfig, silent: bool = True, progress_every: float | None = 30.0
+) -> dict:
+    """Annotate the inputs into `config.output`; returns the run summary.
+
+    `silent` False: a progress bar on a terminal (progress.py). `progress_every`: seconds
+    between `progress` log events (percentage, documents, rejects, rates, ETA); None: none."""
     config.check()
     engine = _engine(config)
     started = time.monotonic()
@@ -53,7 +58,7 @@ def annotate(config: AnnotateConfig, silent: bool = True) -> dict:
     with engine.stop_flag() as stop, open_plan(config, tags_here=engine.tags_here) as plan:
         if plan.manifest is None:
             return complete_summary(plan.out)
-        with Committer(plan, silent) as committer:
+        with Committer(plan, silent, progress_every) as committer:
             if not plan.manifest.complete:  # else killed before _SUCCESS: only that is left
                 if stop.signal is not None:  # signalled while starting: nothing to commit
                     raise committer.interrupted(stop.signal)
@@ -72,14 +77,23 @@ def _engine(config: AnnotateConfig) -> Engine:
 
 
 def documents(
-    files: list[InputFile], read: ReadOptions, first: int = 0, skip: int = 0
+    files: list[InputFile],
+    read: ReadOptions,
+    first: int = 0,
+    skip: int = 0,
+    meter: ReadMeter | None = None,
 ) -> Iterator[tuple[Position, Document | Reject]]:
     """The input stream from input `first`, item `skip` of it, on: each document or reject with
-    its position (input index, items of that input read through it)."""
+    its position (input index, items of that input read through it). `meter`
+    (`ReadMeter(files)`) follows the bytes read, for progress."""
     for index in range(first, len(files)):
         start = skip if index == first else 0
-        for item, document in enumerate(read_file(files[index], read, start), start + 1):
+        if meter is not None:
+            meter.begin(index)
+        for item, document in enumerate(read_file(files[index], read, start, meter), start + 1):
             yield (index, item), document
+    if meter is not None:
+        meter.begin(len(files))  # every input read
 
 
 Chunk = list[tuple[Position, Document]]
@@ -108,7 +122,9 @@ class LocalEngine:
         run forms the same batches as an uninterrupted one."""
         config = plan.config
         first, skip, drop = plan.resume
-        stream = itertools.islice(documents(plan.files, config.read, first, skip), drop, None)
+        meter = ReadMeter(plan.files)
+        stream = documents(plan.files, config.read, first, skip, meter)
+        stream = itertools.islice(stream, drop, None)
         pieces = chunks(
             stream,
             lambda entry: entry[1].text if isinstance(entry[1], Document) else None,
@@ -121,7 +137,7 @@ class LocalEngine:
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerbatch-infer")
         try:
             for chunk, part_ends in pieces:
-                committer.read(len(chunk))
+                committer.read(len(chunk), bytes_read=meter.bytes)
                 texts: Chunk = []
                 for position, item in chunk:
                     if isinstance(item, Reject):

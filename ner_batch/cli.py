@@ -56,13 +56,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
-def setup_logging(log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    json_logs = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+class BarAwareHandler(logging.StreamHandler):
+    """Writes each record on a line of its own above any progress bar (tqdm.write clears the
+    bars, writes, and draws them again), so a log line is never glued to a bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm  # here: `nerbatch --help` imports no more than it needs
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+            self.flush()
+        except Exception:  # broad, as logging.StreamHandler.emit: a log line never kills a run
+            self.handleError(record)
+
+
+def setup_logging(log_format: str, verbose: bool = False) -> bool:
+    """Logs of the `ner_batch` loggers to stderr: text lines on a terminal, JSON lines with
+    --log-format json or off a terminal; DEBUG records too when `verbose` (third-party libraries'
+    messages, which export keeps out of the way). On a terminal they go above the progress
+    bars. Returns whether `progress` events should be logged: whenever the logs are not text
+    lines on a terminal, where the bar shows the same."""
+    terminal = sys.stderr.isatty()
+    json_logs = log_format == "json" or (log_format == "auto" and not terminal)
+    handler = BarAwareHandler(sys.stderr) if terminal else logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter("%(message)s"))
     log.handlers[:] = [handler]
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
+    return json_logs or not terminal
 
 
 def default_of(owner, name: str):
@@ -169,8 +190,13 @@ class NerbatchGroup(click.Group):
     help="auto: text on a terminal, JSON lines otherwise (cron, Airflow, files).",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one Error: line.")
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Also log debug messages, such as third-party libraries' warnings during export.",
+)
 @click.pass_context
-def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
+def cli(ctx: click.Context, log_format: str, debug: bool, verbose: bool) -> None:
     """nerbatch: batch named-entity recognition.
 
     train a token classifier, export it to an ONNX bundle, annotate corpora into Parquet spans,
@@ -184,7 +210,7 @@ def cli(ctx: click.Context, log_format: str, debug: bool) -> None:
         nerbatch score --model export/minilm test.txt
     """
     ctx.meta["debug"] = debug
-    setup_logging(log_format)
+    ctx.meta["log_progress"] = setup_logging(log_format, verbose)
 
 
 @cli.command("train")
@@ -559,6 +585,15 @@ def export_cli(
     type=click.FloatRange(min=0),
     help="Ray: GPUs each actor reserves [default: 1 with --device cuda, else 0].",
 )
+@library_option(
+    "--progress-every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=LibraryDefault("annotate.annotate", "progress_every"),
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between progress log events (percentage, documents, rejects, tokens/s, ETA) "
+    "when logs are JSON or not on a terminal; a terminal shows a progress bar instead.",
+)
 # One parameter per option, as click passes them: long because annotate has many options; the
 # body only builds the config and reports the summary.
 def annotate_cli(
@@ -587,6 +622,7 @@ def annotate_cli(
     num_workers,
     cpus_per_worker,
     gpus_per_worker,
+    progress_every,
 ) -> None:
     """Tag INPUTS (files, directories, globs of .txt/.jsonl/.parquet, optionally .gz) and
     write entity spans to the Parquet dataset OUTPUT. Resumes an interrupted run.
@@ -631,7 +667,10 @@ def annotate_cli(
             encoding_errors=encoding_errors,
         ),
     )
-    summary = annotate(config, silent=False)
+    log_progress = click.get_current_context().meta.get("log_progress", True)
+    summary = annotate(
+        config, silent=False, progress_every=progress_every if log_progress else None
+    )
     if summary.get("already_complete"):
         click.echo(
             f"{output} is already complete ({summary['documents']} documents): nothing to do"

@@ -24,7 +24,8 @@ from .errors import Interrupted, OutputError
 from .manifest import Counts, Manifest, Part, Position
 from .output import REJECTS, SUCCESS, OutputDir, PartWriter, spans_table, write_rejects
 from .plan import RunPlan, now
-from .readers import Document, Reject
+from .progress import Progress
+from .readers import Document, Reject, stream_offsets
 from .tagger import Span
 
 log = logging.getLogger(__name__)
@@ -34,16 +35,17 @@ StreamPosition = tuple[int, int]  # (input index, items of that input read throu
 
 class Committer:
     """What one run writes: the open part and its rejects, the counts, the manifest, the
-    resume position and the progress bar. An engine tells it how many documents it read from
-    the stream (`read`), adds them (annotated, with spans, or rejected) in stream order, and
-    calls `commit` at part boundaries and `finish` at the end, which checks that every document
-    read was annotated or rejected.
+    resume position, and the run's progress (progress.py: a bar on a terminal, `progress` log
+    events every `progress_every` seconds). An engine tells it how many documents it read from
+    the stream and how far into the input bytes that is (`read`), adds them (annotated, with
+    spans, or rejected) in stream order, and calls `commit` at part boundaries and `finish` at
+    the end, which checks that every document read was annotated or rejected.
 
     Use it as a context manager: an error aborts the open part (never half-published), and an
     OSError (disk full, a vanished mount) becomes an OutputError that says the output stays
     resumable."""
 
-    def __init__(self, plan: RunPlan, silent: bool = True):
+    def __init__(self, plan: RunPlan, silent: bool = True, progress_every: float | None = None):
         self.out: OutputDir = plan.out
         self.manifest: Manifest = plan.manifest
         self.model_id = plan.bundle.bundle_id
@@ -56,13 +58,23 @@ class Committer:
         self.started = time.monotonic()
         self.run_docs = 0
         self.run_tokens = 0
-        self.progress = None
+        # Where each input starts in the stream, in bytes (None: a size is unknown).
+        self.offsets = stream_offsets(plan.files)
+        self.progress_every = progress_every
+        self.progress: Progress | None = None
+        self.first_input = plan.resume[0]
 
     def __enter__(self) -> Committer:
-        from tqdm import tqdm
-
-        self.progress = tqdm(
-            unit="doc", disable=True if self.silent else None, desc="annotate", dynamic_ncols=True
+        offsets, m = self.offsets, self.manifest
+        self.progress = Progress(
+            total_bytes=None if offsets is None else offsets[-1],
+            # A resumed run: the inputs before the one it resumes in count as done (the
+            # engine's first report moves it to the resume point within that one).
+            start_bytes=0 if offsets is None or m.complete else offsets[self.first_input],
+            documents=m.documents_done,
+            rejected=m.counts.rejected,
+            bar=not self.silent,
+            log_every=self.progress_every,
         )
         return self
 
@@ -105,9 +117,16 @@ class Committer:
         if position is not None:
             self.last = position if self.last is None else max(self.last, position)
 
-    def read(self, documents: int = 1) -> None:
-        """`documents` were read from the input stream (each must then be added or rejected)."""
+    def read(self, documents: int = 1, bytes_read: int | None = None) -> None:
+        """`documents` were read from the input stream (each must then be added or rejected).
+
+        `bytes_read`, for progress: how far into the input stream reading has got, in bytes
+        from the start of the first input (`plan.files` in order, inputs before a resume
+        point included): `readers.ReadMeter.bytes`, or for an engine that knows an input's
+        index and the bytes read of it, `readers.stream_offsets(plan.files)[index] + bytes`.
+        Without it the progress moves by whole inputs, from the positions of added documents."""
         self.counts.documents += documents
+        self.progress.read(documents, bytes_read)
 
     def add(
         self,
@@ -120,7 +139,7 @@ class Committer:
         self._open(position)
         table, rows_per_document = spans_table(documents, spans, self.model_id)
         self.part.add_table(table, rows_per_document)
-        self._count(annotated=len(documents), spans=table.num_rows, tokens=tokens)
+        self._count(len(documents), spans=table.num_rows, tokens=tokens, position=position)
 
     def add_table(
         self, spans: pa.Table, documents: int, tokens: int, position: StreamPosition
@@ -128,22 +147,32 @@ class Committer:
         """Span rows (output.SPAN_SCHEMA) of `documents` annotated documents made elsewhere."""
         self._open(position)
         self.part.add_table(spans)
-        self._count(annotated=documents, spans=spans.num_rows, tokens=tokens)
+        self._count(documents, spans=spans.num_rows, tokens=tokens, position=position)
 
     def reject(self, reject: Reject, position: StreamPosition) -> None:
         """A document that could not be read or decoded."""
         self._open(position)
         self.rejects.append(reject)
-        self._count(rejected=1)
+        self._count(rejected=1, position=position)
 
-    def _count(self, annotated: int = 0, rejected: int = 0, spans: int = 0, tokens: int = 0):
+    def _count(
+        self,
+        annotated: int = 0,
+        rejected: int = 0,
+        spans: int = 0,
+        tokens: int = 0,
+        position: StreamPosition | None = None,
+    ) -> None:
         c = self.counts
         c.annotated += annotated
         c.rejected += rejected
         c.spans += spans
         c.tokens += tokens
         self.run_docs += annotated + rejected
-        self.progress.update(annotated + rejected)
+        if position is not None and self.offsets is not None:
+            # At least the inputs before this document's are read, whatever the engine says.
+            self.progress.reached(self.offsets[position[0]])
+        self.progress.done(annotated + rejected, rejected, tokens)
 
     def commit(self) -> None:
         """Publish the open part (an empty one too): rows, then its rejects, then the manifest
@@ -239,5 +268,6 @@ class Committer:
         m.rejects = REJECTS if m.rejects_files() else None
         manifest_file.write_manifest(self.out, m)
         self.out.write_bytes(SUCCESS, b"")
+        self.progress.finish()
         log.info("done", extra={"event": "done", **m.summary})
         return dict(m.summary)

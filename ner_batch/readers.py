@@ -20,7 +20,7 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from .choices import ENCODING_ERRORS, TXT_MODES, check_choice
@@ -93,6 +93,60 @@ class InputFile:
         """The path as valid Unicode, for the output's `source` and `doc_id` columns and messages
         (a Parquet string, a log line or a terminal cannot take a surrogate escape)."""
         return printable(self.path)
+
+
+def stream_offsets(files: Sequence[InputFile]) -> list[int] | None:
+    """Where each input starts in the input stream, in bytes, and (last) the stream's size:
+    `len(files) + 1` offsets. An input that is a reject (`error`) holds no bytes to read. None
+    when an input's size is unknown (-1): no offset after it, nor a total, can be known."""
+    offsets = [0]
+    for file in files:
+        if file.error:
+            size = 0
+        elif file.size < 0:
+            return None
+        else:
+            size = file.size
+        offsets.append(offsets[-1] + size)
+    return offsets
+
+
+class ReadMeter:
+    """How far reading an input stream (`files`, in this order) has got, in bytes, for
+    progress: the inputs before the one being read, whole, plus what `read_file` has read of
+    that one: the bytes the reader has taken from it (compressed bytes for `.gz`, which gzip
+    takes 128 KB at a time) or, for Parquet, its size times the share of its rows read. Never
+    past an input's listed size, never back. `bytes` is None when a size is unknown."""
+
+    def __init__(self, files: Sequence[InputFile]) -> None:
+        self.offsets = stream_offsets(files)
+        self.begin(0)
+
+    def begin(self, index: int) -> None:
+        """Input `index` is read from now on (the ones before it are done)."""
+        self.input, self._size, self._reached = index, -1, 0
+        self._position: Callable[[], int] = lambda: 0
+
+    def follow(self, file: InputFile, position: Callable[[], int]) -> None:
+        """From now on `position()` says how many bytes of `file` (the current input) were read."""
+        self._size, self._position = file.size, position
+
+    def at(self, file: InputFile, position: int) -> None:
+        """`position` bytes of `file` (the current input) have been read."""
+        self.follow(file, lambda: position)
+
+    @property
+    def bytes(self) -> int | None:
+        if self.offsets is None:
+            return None
+        try:
+            position = self._position()
+        except (OSError, ValueError):  # the stream is closed: it was read as far as it went
+            position = self._reached
+        if self._size >= 0:
+            position = min(position, self._size)
+        self._reached = max(self._reached, position)
+        return self.offsets[self.input] + self._reached
 
 
 def printable(text: str) -> str:
@@ -318,6 +372,30 @@ class _Prefix(io.RawIOBase):
         super().close()
 
 
+class _Counted(io.RawIOBase):
+    """An object-store stream that counts the bytes taken from it (it has no `tell`)."""
+
+    def __init__(self, raw) -> None:
+        self.raw, self.position = raw, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self.raw.read(len(buffer))
+        count = len(data)
+        memoryview(buffer).cast("B")[:count] = data
+        self.position += count
+        return count
+
+    def tell(self) -> int:
+        return self.position
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
 def _open_local(file: InputFile):
     """The local file, buffered and cut at its listed size. O_NONBLOCK, then fstat: should a
     FIFO or a device have taken the regular file's place since it was listed, this open does
@@ -335,16 +413,22 @@ def _open_local(file: InputFile):
     return io.BufferedReader(_Prefix(raw, file.size), 1 << 20)
 
 
-def _open_binary(file: InputFile, seekable: bool = False):
+def _open_binary(file: InputFile, seekable: bool = False, meter: ReadMeter | None = None):
+    """The input's bytes (gunzipped for .gz). `meter` follows the position in the input's own
+    bytes (compressed, for .gz): what the reader has taken, not what the buffer read ahead."""
     if file.remote is not None:
         fs, path = file.remote.filesystem, file.remote.path
         if seekable and not file.compressed:
             raw = fs.open_input_file(path)  # random access, for Parquet footers
         else:
-            # compression=None: pyarrow would otherwise gunzip .gz itself, and we do it below
-            raw = io.BufferedReader(fs.open_input_stream(path, compression=None), 1 << 20)
+            # compression=None: pyarrow would otherwise gunzip .gz itself, and we do it below.
+            # _Counted: the buffer's tell() needs the stream's, which pyarrow's streams lack.
+            stream = _Counted(fs.open_input_stream(path, compression=None))
+            raw = io.BufferedReader(stream, 1 << 20)
     else:
         raw = _open_local(file)
+    if meter is not None:
+        meter.follow(file, raw.tell)
     return gzip.GzipFile(fileobj=raw) if file.compressed else raw
 
 
@@ -352,13 +436,16 @@ class _Unreadable(OSError):
     """A reader cannot go on with the file (e.g. a corrupt Parquet page): the rest is a reject."""
 
 
-def read_file(file: InputFile, options: ReadOptions, skip: int = 0) -> Iterator[Document | Reject]:
+def read_file(
+    file: InputFile, options: ReadOptions, skip: int = 0, meter: ReadMeter | None = None
+) -> Iterator[Document | Reject]:
     """Documents (and rejects) of one input file, in order, from item `skip` on. Errors that end
     the file early (a truncated .gz, an I/O error) come out as a Reject for the rest of the file,
     after what was read. Skipped items are counted without being decoded or parsed, so resuming
     in the middle of a large file costs a scan for line breaks (or Parquet row-group metadata),
     not a re-read of what is done. A local file is read up to the size it had when the run
-    listed it (`file.size`): what is appended during the run is not read."""
+    listed it (`file.size`): what is appended during the run is not read. `meter`, if given,
+    follows the bytes read of the file (for progress)."""
     if file.error:  # before the reader: an unreadable directory has no reader
         if not skip:
             yield Reject(file.display, None, None, file.error)
@@ -366,7 +453,7 @@ def read_file(file: InputFile, options: ReadOptions, skip: int = 0) -> Iterator[
     reader = {"txt": _read_txt, "jsonl": _read_jsonl, "parquet": _read_parquet}[file.format]
     count = 0  # items of the file so far, skipped ones included
     try:
-        for item in reader(file, options, skip):
+        for item in reader(file, options, skip, meter):
             if isinstance(item, int):  # the reader passed over this many items before `skip`
                 count += item
                 continue
@@ -414,14 +501,14 @@ def _looks_binary(data: bytes) -> bool:
 
 
 def _read_txt(
-    file: InputFile, options: ReadOptions, skip: int
+    file: InputFile, options: ReadOptions, skip: int, meter: ReadMeter | None
 ) -> Iterator[Document | Reject | int]:
     # Text decoded from bytes cannot hold a lone surrogate: no _unicode check needed here.
     if options.txt_mode == "file" and skip:
         yield 1  # the one document of the file is done: do not even open it
         return
     source = file.display
-    with _open_binary(file) as f:
+    with _open_binary(file, meter=meter) as f:
         if options.txt_mode == "file":
             data = f.read()
             if _looks_binary(data):
@@ -445,11 +532,11 @@ def _read_txt(
 
 
 def _read_jsonl(
-    file: InputFile, options: ReadOptions, skip: int
+    file: InputFile, options: ReadOptions, skip: int, meter: ReadMeter | None
 ) -> Iterator[Document | Reject | int]:
     items = 0  # non-blank lines: one document or reject each
     source = file.display
-    with _open_binary(file) as f:
+    with _open_binary(file, meter=meter) as f:
         for number, raw in enumerate(f, start=1):
             if number == 1 and raw.startswith(codecs.BOM_UTF8):
                 raw = raw[len(codecs.BOM_UTF8) :]  # written by Windows tools; json.loads refuses it
@@ -559,7 +646,7 @@ def _column_values(column, decode: bool) -> list:
 
 
 def _read_parquet(
-    file: InputFile, options: ReadOptions, skip: int
+    file: InputFile, options: ReadOptions, skip: int, meter: ReadMeter | None
 ) -> Iterator[Document | Reject | int]:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -595,6 +682,10 @@ def _read_parquet(
             group += 1
         if row:
             yield row
+        # Progress by rows: the file's size times the share of its rows read.
+        rows = max(1, parquet.metadata.num_rows)
+        if meter is not None:
+            meter.at(file, file.size * row // rows)
         groups = range(group, parquet.num_row_groups)
         batches = parquet.iter_batches(batch_size=1024, columns=columns, row_groups=groups)
         while True:
@@ -604,6 +695,8 @@ def _read_parquet(
                 break
             except pa.ArrowException as e:  # a corrupt page: the rest of the file is a reject
                 raise _Unreadable(f"not a readable Parquet file: {e}") from e
+            if meter is not None:
+                meter.at(file, file.size * (row + batch.num_rows) // rows)
             if row < skip:
                 passed = min(skip - row, batch.num_rows)
                 batch = batch.slice(passed)
