@@ -14,16 +14,16 @@ WORK ?= work
 AIRFLOW_VENV ?= .venv-airflow
 SPACY_VENV ?= .venv-spacy
 
-.PHONY: install install-airflow install-spacy install-browser demo test test-slow lint benchmark clean
+.PHONY: install install-airflow install-spacy install-browser install-java demo test test-slow lint benchmark clean
 
 install: $(VENV)/.installed
 
 # torch is pinned by constraints.txt (the CPU wheel); the extras bring training, scoring, the Ray
-# engine, OpenVINO with NNCF (the openvino variant and runtime) and tests.
+# and Spark engines, OpenVINO with NNCF (the openvino variant and runtime) and tests.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[train,ray,openvino,dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[train,ray,spark,openvino,dev]"
 	touch $@
 
 # Airflow pins many packages: it gets its own virtualenv, used by tests/test_airflow.py to run the
@@ -87,10 +87,25 @@ install-browser:
 		|| echo "install-browser: apt-get could not install chromium; the browser test skips"; \
 	fi
 
-test: install install-airflow install-browser
+# Spark 4 needs a Java runtime (17 or 21): Debian's openjdk-17-jre-headless where `java` is missing
+# (as root, or through sudo without a password). Where that cannot be done this says so and
+# succeeds: the Spark tests then skip, naming the reason.
+install-java:
+	@if command -v java >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "install-java: no apt-get here; install Java 17 yourself or the Spark tests skip"; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+		else echo "install-java: not root; the Spark tests skip without Java"; exit 0; fi; \
+		( $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+			openjdk-17-jre-headless ) >/dev/null \
+		|| echo "install-java: apt-get could not install Java; the Spark tests skip"; \
+	fi
+
+test: install install-airflow install-browser install-java
 	$(BIN)/pytest -q -m "not slow" || [ $$? -eq 5 ]
 
-test-slow: install install-airflow
+test-slow: install install-airflow install-java
 	$(BIN)/pytest -q -m slow || [ $$? -eq 5 ]
 
 lint: install

@@ -19,7 +19,7 @@ too and the annotate rows use the fp16 variant.
         --data ../shared/data/conll2003
     python benchmarks/throughput.py ... --isa-caps AVX2,AVX512_CORE_VNNI   # + the probe per ISA
     python benchmarks/throughput.py ... --fast-bundle DIR   # + a row for another bundle's int8
-    python benchmarks/throughput.py ... --engine ray --num-workers 2   # + a Ray engine row
+    python benchmarks/throughput.py ... --engine ray,spark --num-workers 2   # + Ray and Spark rows
     python benchmarks/throughput.py ... --scaling-only --scaling 5,20,50 \
         --tiny-bundle auto --tiny-scaling 50,1000   # memory and scaling only
 
@@ -29,7 +29,9 @@ some very long) run annotate with the real bundle and report tokens/s and peak R
 builds one with --checkpoint's tokenizer and labels), so reading, tokenising and writing dominate.
 `--engine ray` adds a row for `annotate --engine ray` on a local Ray cluster that the row starts
 (its time includes starting the actors, not the cluster; its peak RSS is the driver's alone, not
-the Ray workers').
+the Ray workers'). `--engine spark` adds one for `annotate --engine spark` on `local[2]` (its time
+includes starting Spark's JVM and Python workers; the corpus is one file, so one Spark task, run
+with `--threads` ONNX Runtime threads, 2 by default; peak RSS is the Python driver's alone).
 `--spacy-python PY` adds a row for spaCy's small English pipeline (`nlp.pipe`, NER only, the best
 of a sweep over batch sizes and `n_process`), run by PY, a Python with spaCy and the pipeline
 installed (`make install-spacy` makes `.venv-spacy`); its OntoNotes labels are mapped onto
@@ -156,13 +158,14 @@ def worker_annotate(args) -> dict:
                 model=args.bundle,
                 variant=args.variant,
                 device=args.device,
-                threads=args.threads if args.engine == "local" else 0,
+                threads=args.threads if args.engine in ("local", "spark") else 0,
                 batch_size=args.batch_size,
                 max_batch_tokens=args.max_batch_tokens,
                 streams=args.streams or 0,  # rows without --streams: the default
                 runtime=args.runtime,
                 engine=args.engine,
                 ray=RayOptions(num_workers=args.num_workers if args.engine == "ray" else None),
+                spark_master="local[2]" if args.engine == "spark" else None,
             )
         )
         # Timed like the baseline, whose model load is not timed either: from the first
@@ -536,8 +539,8 @@ def main() -> None:
     parser.add_argument(
         "--engine",
         default="local",
-        choices=["local", "ray"],
-        help="ray: add a row for annotate --engine ray (a local Ray cluster, --num-workers actors)",
+        help="extra engines, comma-separated: ray adds a row for annotate --engine ray (a local "
+        "Ray cluster, --num-workers actors), spark one for --engine spark on local[2]",
     )
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -656,7 +659,20 @@ def main() -> None:
                 lambda: spawn("annotate", variant="fp32", **common),
             )
         )
-        if args.engine == "ray":
+        engines = set(args.engine.split(",")) - {"local"}
+        unknown = engines - {"ray", "spark"}
+        if unknown:
+            raise SystemExit(f"--engine: unknown engines {sorted(unknown)}; expected ray, spark")
+        if "spark" in engines:
+            systems.append(
+                (
+                    f"nerbatch annotate --engine spark, {fast}, local[2], 1 task x 2 threads",
+                    lambda: spawn(
+                        "annotate", variant="auto", engine="spark", **{**common, "threads": 2}
+                    ),
+                )
+            )
+        if "ray" in engines:
             systems.append(
                 (
                     f"nerbatch annotate --engine ray, {fast}, {args.num_workers} workers",

@@ -73,6 +73,10 @@ def _engine(config: AnnotateConfig) -> Engine:
         from .ray_engine import RayEngine  # ray is an optional extra: imported only here
 
         return RayEngine(config)
+    if config.engine == "spark":
+        from .spark import SparkEngine  # pyspark too
+
+        return SparkEngine(config)
     return LocalEngine()
 
 

@@ -43,8 +43,8 @@ RUNS = {
 # ~8,300. 7-bit weights (reduce_range) made F1 swing with batch composition (88.57-89.04).
 INT8_OPS = {"matmul": ["MatMul"], "matmul+attention": ["MatMul", "Attention"]}
 
-# annotate engines: this machine, or a Ray cluster (ray_engine.py).
-ENGINES = ("local", "ray")
+# annotate engines: this machine, a Ray cluster (ray_engine.py), Spark (spark.py).
+ENGINES = ("local", "ray", "spark")
 
 # How many line breaks between two sub-tokens end a segment: context never crosses a segment
 # boundary. "lines": every line is tagged on its own (headlines, list items, table rows, and one

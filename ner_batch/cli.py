@@ -560,8 +560,9 @@ def export_cli(
     type=click.Choice(ENGINES),
     default=ANNOTATE("engine"),
     show_default=True,
-    help="local: this machine; ray: a Ray cluster through Ray Data, same output "
-    "(pip install 'nerbatch[ray]'; see docs/ray.md).",
+    help="local: this machine; ray: a Ray cluster through Ray Data; spark: Spark tasks "
+    "(mapInArrow); the same output (pip install 'nerbatch[ray]' or 'nerbatch[spark]'; see "
+    "docs/ray.md, docs/spark.md).",
 )
 @click.option(
     "--ray-address",
@@ -584,6 +585,11 @@ def export_cli(
     "--gpus-per-worker",
     type=click.FloatRange(min=0),
     help="Ray: GPUs each actor reserves [default: 1 with --device cuda, else 0].",
+)
+@click.option(
+    "--spark-master",
+    help="Spark: the master URL, e.g. local[2], spark://host:7077, yarn [default: the session "
+    "spark-submit gives, else local[*]].",
 )
 @library_option(
     "--progress-every",
@@ -622,6 +628,7 @@ def annotate_cli(
     num_workers,
     cpus_per_worker,
     gpus_per_worker,
+    spark_master,
     progress_every,
 ) -> None:
     """Tag INPUTS (files, directories, globs of .txt/.jsonl/.parquet, optionally .gz) and
@@ -633,6 +640,7 @@ def annotate_cli(
         nerbatch annotate 'news/*.jsonl.gz' spans.parquet --text-field body --id-field url
         nerbatch annotate /shared/corpus/ /shared/spans.parquet --model /shared/minilm \\
             --engine ray --ray-address auto --num-workers 8
+        nerbatch annotate s3://corpus/ s3://spans/ --model s3://models/minilm --engine spark
     """
     from .annotate import annotate
     from .readers import ReadOptions
@@ -660,6 +668,7 @@ def annotate_cli(
         overwrite=overwrite,
         engine=engine,
         ray=ray_options,
+        spark_master=spark_master,
         read=ReadOptions(
             txt_mode=txt_mode,
             text_field=text_field,

@@ -117,6 +117,13 @@ class Committer:
         if position is not None:
             self.last = position if self.last is None else max(self.last, position)
 
+    def stream_bytes(self, input_index: int, bytes_of_input: int | None) -> int | None:
+        """`bytes_read` for `read` from the bytes read of one input (`plan.files[input_index]`),
+        as an engine whose workers read single inputs knows them; None when unknown."""
+        if self.offsets is None or bytes_of_input is None:
+            return None
+        return self.offsets[input_index] + bytes_of_input
+
     def read(self, documents: int = 1, bytes_read: int | None = None) -> None:
         """`documents` were read from the input stream (each must then be added or rejected).
 

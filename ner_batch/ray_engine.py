@@ -6,14 +6,13 @@ then runs
 
     input files ──▶ read (tasks) ──▶ tag (actor pool, one ONNX Runtime session per actor) ──▶ driver
 
-and the driver writes what comes back, in input order, with the local engine's part writer and
-manifest. Reading calls `readers.read_file` and tagging the bundle's `Tagger`, so the fp32 rows
-are the local engine's (quantised variants scale each batch as a whole, and Ray Data forms its
-own batches: their rows differ slightly, and the output is bound to the engine); committing
-through the run core's `Committer` (run.py) keeps its contract (a part is named in the manifest
-only once it is on disk; `_SUCCESS` last), and an fp32 output started by one engine can be
-resumed by the other: both record where the committed documents end (input file and item in it)
-and start reading there.
+and the driver writes what comes back, in input order, through the Committer (remote.py holds
+what Ray and Spark share). Reading calls `readers.read_file` and tagging the bundle's `Tagger`,
+so the fp32 rows are the local engine's (quantised variants scale each batch as a whole, and Ray
+Data forms its own batches: their rows differ slightly, and the output is bound to the engine).
+A part is named in the manifest only once it is on disk, `_SUCCESS` comes last, and an fp32
+output started by one engine can be resumed by another: all record where the committed
+documents end (input file and item in it) and start reading there.
 
 Failures: Ray restarts an actor whose process dies and retries its batch (a few times, not
 forever: a document that kills every actor must stop the run, not loop); a failure that outlives
@@ -29,29 +28,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
-import re
 import signal
 import socket
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from .bundle import load_bundle
 from .committer import Committer
-from .errors import BundleError, InputError, Interrupted, MissingExtraError, NerbatchError
-from .output import REJECT_SCHEMA, SPAN_STRUCT, span_columns
-from .plan import RunPlan, log_runtime
-from .readers import Document, InputFile, ReadOptions, Reject, printable, read_file
-from .run import AnnotateConfig, StopFlag, tag_in_chunks
-from .runtimes import open_tagger
-from .storage import is_uri, local_path
-from .tagger import TaggerOptions
+from .errors import Interrupted, MissingExtraError, NerbatchError
+from .plan import RunPlan
+from .readers import ReadOptions
+from .remote import (
+    DOCUMENTS,
+    consume,
+    document_rows,
+    file_specs,
+    open_worker_tagger,
+    tag_table,
+    tagger_spec,
+)
+from .run import AnnotateConfig, StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -61,28 +60,6 @@ BATCH_RETRIES = 3
 # Documents per block out of a read task (fewer when they are long).
 READ_BLOCK_DOCS = 512
 READ_BLOCK_CHARS = 8_000_000
-
-# Between the stages, one row per input document: `input` is its file's index in the run's
-# inputs and `item` its position in that file (documents and rejects alike), for order and resume.
-DOCUMENTS = pa.schema(
-    [
-        ("input", pa.int64()),
-        ("item", pa.int64()),
-        ("doc_id", pa.string()),
-        ("source", pa.string()),
-        ("text", pa.string()),  # null for a reject
-        ("line", pa.int64()),  # a reject's line, if any
-        ("reason", pa.string()),  # a reject's reason
-        ("fatal", pa.string()),  # an error that stops the run (as the local engine's would)
-    ]
-)
-TAGGED = pa.schema(
-    [
-        *(f for f in DOCUMENTS if f.name != "text"),
-        ("tokens", pa.int64()),
-        ("spans", pa.list_(SPAN_STRUCT)),
-    ]
-)
 
 
 class RayEngine:
@@ -102,9 +79,9 @@ class RayEngine:
         config = plan.config
         with _connected(self.ray, config.ray.address), _quiet_ray_data():
             stop.install()  # ray.init replaces the SIGTERM handler
-            first, skip, drop = plan.resume
+            drop = plan.resume[2]
             workers = _workers(self.ray, config, config.gpus_per_worker)
-            dataset = _pipeline(self.ray, plan, first, skip, workers)
+            dataset = _pipeline(self.ray, plan, workers)
             with contextlib.closing(_tagged_batches(dataset)) as batches:
                 consume(committer, batches, drop, stop)
 
@@ -208,26 +185,11 @@ def _workers(ray, config: AnnotateConfig, gpus: float) -> int:
     return workers
 
 
-def _pipeline(ray, plan: RunPlan, first: int, skip: int, workers: int):
-    """The Ray Data pipeline from input `first` (its first `skip` documents done) to the end."""
-    config, files = plan.config, plan.files
+def _pipeline(ray, plan: RunPlan, workers: int):
+    """The Ray Data pipeline of the inputs left to do (`plan.resume`)."""
+    config = plan.config
     gpus = config.gpus_per_worker
-    todo = [
-        {
-            "input": index,
-            # bytes: a file name that is not UTF-8 (surrogate escapes) is no Arrow string
-            "path": f.path.encode("utf-8", "surrogateescape"),
-            "format": f.format,
-            "size": f.size,
-            "mtime": f.mtime,
-            "error": f.error,
-            # An object-store input's filesystem, as the driver opened it (pyarrow's pickle).
-            "remote": pickle.dumps(f.remote) if f.remote is not None else None,
-            "skip": skip if index == first else 0,
-        }
-        for index, f in enumerate(files)
-        if index >= first
-    ]
+    todo = file_specs(plan)
     dataset = ray.data.from_items(todo).map_batches(
         read_documents,
         batch_size=1,
@@ -238,8 +200,6 @@ def _pipeline(ray, plan: RunPlan, first: int, skip: int, workers: int):
         num_cpus=0,
         compute=ray.data.TaskPoolStrategy(size=min(workers, len(todo))),
     )
-    model = str(config.model)
-    model = model if is_uri(model) else os.path.abspath(local_path(model))
     gpu_args = {"num_gpus": gpus} if gpus else {}
     with warnings.catch_warnings():
         # Ray 2.60 deprecates passing actor options such as max_restarts this way, and has no
@@ -250,14 +210,7 @@ def _pipeline(ray, plan: RunPlan, first: int, skip: int, workers: int):
             batch_size=config.chunk_docs,
             batch_format="pyarrow",
             fn_constructor_kwargs={
-                "model": str(model),
-                "variant": plan.variant,
-                "runtime": plan.runtime["runtime"],
-                "device": config.device,
-                "max_length": plan.window[0],
-                "stride": plan.window[1],
-                "threads": config.ray.cpus_per_worker,
-                "options": asdict(config.tagger_options()),
+                "spec": tagger_spec(plan, threads=config.ray.cpus_per_worker),
                 "chunk_docs": config.chunk_docs,
                 "chunk_chars": config.chunk_chars,
             },
@@ -326,7 +279,7 @@ def read_documents(files: pa.Table, read: dict, cwd: str) -> Iterator[pa.Table]:
     rows: list[dict] = []
     chars = 0
     for spec in files.to_pylist():
-        for row in _file_rows(spec, options, cwd):
+        for row in document_rows(spec, options, cwd, f"Ray node {socket.gethostname()}"):
             rows.append(row)
             chars += len(row.get("text") or "")
             if len(rows) >= READ_BLOCK_DOCS or chars >= READ_BLOCK_CHARS:
@@ -336,161 +289,16 @@ def read_documents(files: pa.Table, read: dict, cwd: str) -> Iterator[pa.Table]:
         yield pa.Table.from_pylist(rows, schema=DOCUMENTS)
 
 
-def _file_rows(spec: dict, options: ReadOptions, cwd: str) -> Iterator[dict]:
-    given = spec["path"].decode("utf-8", "surrogateescape")
-    remote = pickle.loads(spec["remote"]) if spec["remote"] is not None else None
-    # A worker's working directory is not the driver's: read relative paths from the driver's,
-    # and write ids, sources and messages with the path as given, as the local engine does.
-    local = given if remote or os.path.isabs(given) else os.path.join(cwd, given)
-    # Readers show paths in their printable form (a name that is not UTF-8 has \xNN escapes).
-    shown, shown_local = printable(given), printable(local)
-
-    def row(item: int, doc_id=None, text=None, line=None, reason=None, fatal=None) -> dict:
-        if local != given:
-            if doc_id == shown_local or re.fullmatch(
-                re.escape(shown_local) + r":\d+", doc_id or ""
-            ):
-                doc_id = shown + doc_id[len(shown_local) :]  # <file> or <file>:<line>
-            reason = reason and reason.replace(shown_local, shown)
-            fatal = fatal and fatal.replace(shown_local, shown)
-        return {
-            "input": spec["input"],
-            "item": item,
-            "doc_id": doc_id,
-            "source": shown,
-            "text": text,
-            "line": line,
-            "reason": reason,
-            "fatal": fatal,
-        }
-
-    if not spec["error"] and not remote and not os.path.exists(local):
-        yield row(
-            spec["skip"],
-            fatal=f"{shown}: not found on Ray node {socket.gethostname()}; every node must "
-            "read the inputs at the same path (a shared filesystem) or from an object store",
-        )
-        return
-    file = InputFile(local, spec["format"], spec["size"], spec["mtime"], spec["error"], remote)
-    skip = item = spec["skip"]
-    try:
-        for item, document in enumerate(read_file(file, options, skip), skip):
-            if isinstance(document, Document):
-                yield row(item, doc_id=document.doc_id, text=document.text)
-            else:
-                yield row(item, doc_id=document.doc_id, line=document.line, reason=document.reason)
-    except NerbatchError as e:  # e.g. a Parquet file without the text column: the run stops
-        yield row(item, fatal=str(e))
-
-
 class TaggerActor:
-    """Ray actor: tags DOCUMENTS batches into TAGGED ones, with one ONNX Runtime session."""
+    """Ray actor: tags DOCUMENTS batches into TAGGED ones, with one tagger (remote.py)."""
 
-    def __init__(
-        self,
-        model: str,
-        variant: str,
-        runtime: str,
-        device: str,
-        max_length: int,
-        stride: int,
-        threads: int,
-        options: dict,
-        chunk_docs: int,
-        chunk_chars: int,
-    ):
-        try:
-            bundle = load_bundle(model)
-        except BundleError as e:
-            raise BundleError(
-                f"on Ray node {socket.gethostname()}: {e}; every node must read the bundle at the "
-                "same path (a shared filesystem) or from an object store"
-            ) from e
-        self.tagger = open_tagger(
-            bundle,
-            variant,
-            device,
-            runtime=runtime,
-            max_length=max_length,
-            stride=stride,
-            threads=threads,
-            options=TaggerOptions(**options),
-        )
+    def __init__(self, spec: dict, chunk_docs: int, chunk_chars: int):
+        self.tagger = open_worker_tagger(spec, f"Ray node {socket.gethostname()}")
         self.chunk_docs = chunk_docs
         self.chunk_chars = chunk_chars
-        log_runtime(self.tagger.runtime)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = [t for t in batch.column("text").to_pylist() if t is not None]
-        tagged = list(tag_in_chunks(self.tagger, texts, self.chunk_docs, self.chunk_chars))
-        columns, counts = span_columns(texts, [spans for _, spans in tagged])
-        is_text = pc.is_valid(batch.column("text")).to_numpy(zero_copy_only=False)
-        spans_of = np.zeros(batch.num_rows, dtype=np.int64)  # (rows,) spans; 0 for a reject
-        tokens = np.zeros(batch.num_rows, dtype=np.int64)
-        spans_of[is_text] = counts
-        tokens[is_text] = [n for n, _ in tagged]
-        offsets = np.concatenate([[0], np.cumsum(spans_of)]).astype(np.int32)
-        struct = pa.StructArray.from_arrays(list(columns.values()), fields=list(SPAN_STRUCT))
-        spans = pa.ListArray.from_arrays(pa.array(offsets), struct)
-        rest = batch.drop_columns(["text"])
-        return pa.Table.from_arrays([*rest.columns, pa.array(tokens), spans], schema=TAGGED)
+        return tag_table(self.tagger, batch, self.chunk_docs, self.chunk_chars)
 
 
 # --- in the driver -------------------------------------------------------------------------------
-
-
-def consume(committer: Committer, batches: Iterable[pa.Table], drop: int, stop: StopFlag) -> None:
-    """Write the tagged rows after the first `drop`, committing every `part_docs` documents."""
-    for batch in batches:
-        dropped = min(drop, batch.num_rows)
-        drop -= dropped
-        write_batch(committer, batch.slice(dropped))
-        if stop.signal is not None:
-            if committer.part is not None:
-                committer.commit()
-            raise committer.interrupted(stop.signal)
-
-
-def write_batch(committer: Committer, batch: pa.Table) -> None:
-    """One batch of TAGGED rows, cut at part boundaries: parts hold exactly `part_docs`
-    documents, as the local engine's do."""
-    start = 0
-    while start < batch.num_rows:
-        size = min(batch.num_rows - start, committer.room)
-        committer.read(size)
-        add_rows(committer, batch.slice(start, size))
-        start += size
-        if committer.room <= 0:
-            committer.commit()
-
-
-def add_rows(committer: Committer, rows: pa.Table) -> None:
-    """TAGGED rows of one part: spans into the part, rejects beside it."""
-    fatal = rows.column("fatal")
-    if fatal.null_count < len(fatal):
-        raise InputError(next(m for m in fatal.to_pylist() if m is not None))
-    if not rows.num_rows:
-        return
-    rejected = pc.is_valid(rows.column("reason"))
-    for reject in rows.filter(rejected).select(["input", "item", *REJECT_SCHEMA.names]).to_pylist():
-        position = (reject.pop("input"), reject.pop("item") + 1)
-        committer.reject(Reject(**reject), position)
-    annotated = rows.filter(pc.invert(rejected))
-    spans = annotated.column("spans").combine_chunks()  # (documents,) lists of spans
-    flat = pc.list_flatten(spans)  # (spans,) structs
-    owner = pc.list_parent_indices(spans)  # (spans,) document of each span
-    table = pa.table(
-        {
-            "doc_id": annotated.column("doc_id").take(owner),
-            "source": annotated.column("source").take(owner),
-            "start": flat.field("start"),
-            "end": flat.field("end"),
-            "label": flat.field("label"),
-            "text": flat.field("text"),
-            "score": flat.field("score"),
-            "model": pa.array([committer.model_id] * len(flat), pa.string()),
-        }
-    )
-    last = (rows.column("input")[-1].as_py(), rows.column("item")[-1].as_py() + 1)
-    tokens = pc.sum(annotated.column("tokens")).as_py() or 0
-    committer.add_table(table, annotated.num_rows, tokens, last)

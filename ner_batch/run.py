@@ -58,8 +58,10 @@ class AnnotateConfig:
     chunk_chars: int = 500_000
     part_docs: int = 20_000  # documents per committed part (the most work a crash redoes)
     overwrite: bool = False
-    engine: str = "local"  # "local" (annotate.py) or "ray" (ray_engine.py)
+    engine: str = "local"  # "local" (annotate.py), "ray" (ray_engine.py) or "spark" (spark.py)
     ray: RayOptions = field(default_factory=RayOptions)
+    # Spark's master URL; None: the session spark-submit gives, else local[*] (spark.py)
+    spark_master: str | None = None
     runtime: str = "auto"  # "onnxruntime", "openvino" or "auto" (timed at start: probe.py)
 
     def tagger_options(self) -> TaggerOptions:
@@ -96,6 +98,8 @@ class AnnotateConfig:
         except ValueError as e:
             raise OptionError(str(e)) from e
         self._check_ray()
+        if self.spark_master is not None and self.engine != "spark":
+            raise OptionError("--spark-master needs --engine spark")
 
     def _check_ray(self) -> None:
         """Ray's options need engine "ray" and values that can work there (OptionError)."""

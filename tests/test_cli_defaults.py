@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import click
 import pytest
 
+from ner_batch.annotate import annotate
 from ner_batch.cli import cli
 from ner_batch.corpus import gold_to_corpus
 from ner_batch.export import export
@@ -92,6 +93,8 @@ LIBRARY: dict[tuple[str, str], tuple[object, str]] = {
     ("annotate", "--num-workers"): (ANNOTATE, "ray.num_workers"),
     ("annotate", "--cpus-per-worker"): (ANNOTATE, "ray.cpus_per_worker"),
     ("annotate", "--gpus-per-worker"): (ANNOTATE, "ray.gpus_per_worker"),
+    ("annotate", "--spark-master"): (ANNOTATE, "spark_master"),
+    ("annotate", "--progress-every"): (keywords(annotate), "progress_every"),
     ("score", "--model"): (SCORE, "model"),
     ("score", "--predictions"): (SCORE, "predictions"),
     ("score", "--variant"): (SCORE, "variant"),
@@ -115,6 +118,7 @@ LIBRARY: dict[tuple[str, str], tuple[object, str]] = {
 
 # (command, option) -> why the library has no default to compare it with.
 CLI_ONLY: dict[tuple[str, str], str] = {
+    (PROG, "--verbose"): "logging is set up by the CLI (cli.setup_logging), not the library",
     (PROG, "--log-format"): "logging is set up by the CLI (cli.setup_logging), not the library",
     (PROG, "--debug"): "a traceback instead of one Error: line is the CLI's error handling",
     (PROG, "--version"): "click's version option, no setting",

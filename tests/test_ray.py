@@ -6,6 +6,7 @@ refused before any cluster starts."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -24,7 +25,7 @@ from test_annotate import Crash, assert_complete, crashing_documents, manifest_o
 
 import ner_batch.annotate as annotate_module
 import ner_batch.manifest as manifest_module
-import ner_batch.ray_engine as ray_engine
+import ner_batch.remote as remote
 from ner_batch.annotate import AnnotateConfig, Interrupted, RayOptions, annotate
 from ner_batch.cli import cli
 from ner_batch.errors import BundleError, InputError, MissingExtraError, NerbatchError
@@ -269,7 +270,7 @@ def test_one_engine_resumes_the_other(cluster, run, corpus, tmp_path, monkeypatc
     )
     # Ray gets SIGTERM (as from cron or Airflow) once it has written 10 documents more: it
     # commits what has arrived and stops; the local engine finishes.
-    write_batch = ray_engine.write_batch
+    write_batch = remote.write_batch
     added: list[int] = []
 
     def add_rows_then_sigterm(committer, batch):
@@ -279,7 +280,7 @@ def test_one_engine_resumes_the_other(cluster, run, corpus, tmp_path, monkeypatc
             os.kill(os.getpid(), signal.SIGTERM)
 
     with monkeypatch.context() as patch:
-        patch.setattr(ray_engine, "write_batch", add_rows_then_sigterm)
+        patch.setattr(remote, "write_batch", add_rows_then_sigterm)
         with pytest.raises(Interrupted, match=r"stopped by SIGTERM after \d+ documents; run the"):
             run([corpus], out, engine="ray")
     done = manifest_of(out)["documents_done"]
@@ -382,7 +383,7 @@ def test_unusable_input_stops_the_run_as_locally(cluster, run, tmp_path):
         ({"device": "cuda", "ray": RayOptions(gpus_per_worker=0)}, "--gpus-per-worker above 0"),
         ({"threads": 2}, "--threads sets the local engine's ONNX Runtime threads"),
         ({"streams": 2}, "--streams is the local engine's; on Ray, run more workers"),
-        ({"engine": "spark"}, "unknown engine 'spark'; expected one of ['local', 'ray']"),
+        ({"engine": "dask"}, "unknown engine 'dask'; expected one of ['local', 'ray', 'spark']"),
     ],
 )
 def test_bad_options(run, tmp_path, options, message):
@@ -474,3 +475,44 @@ def test_the_openvino_runtime_on_ray(cluster, run, ov_bundle, corpus, tmp_path, 
         keys = ("doc_id", "source", "start", "end", "label")
         spans = [tuple(r[k] for k in keys) for r in rows_of(tmp_path / "ray.parquet")]
         assert spans == [tuple(r[k] for k in keys) for r in rows_of(tmp_path / "local.parquet")]
+
+
+def test_progress_events_come_as_the_actors_results_do(cluster, tiny_bundle, tmp_path):
+    """The driver knows documents and input bytes as batches come back: `progress` events with
+    rising percentages to 100 (issue 25's point 4 on Ray)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for shard in range(4):
+        lines = [
+            json.dumps({"id": f"{shard}-{i}", "text": "John Smith in Paris"}) for i in range(60)
+        ]
+        lines.insert(7, "not json")  # a poison line: a reject
+        (corpus / f"shard{shard}.jsonl").write_text("\n".join(lines) + "\n")
+    events: list[dict] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "event", None) == "progress":
+                events.append(vars(record))
+
+    logger = logging.getLogger("ner_batch")
+    handler, level = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        config = AnnotateConfig(
+            [str(corpus)],
+            str(tmp_path / "out.parquet"),
+            model=str(tiny_bundle),
+            variant="fp32",
+            engine="ray",
+            chunk_docs=50,
+        )
+        summary = annotate(config, progress_every=0.000001)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    percents = [e["percent"] for e in events]
+    assert len(percents) >= 4 and percents == sorted(percents) and percents[-1] == 100.0
+    assert events[-1]["documents"] == summary["documents"] == 244
+    assert events[-1]["rejected"] == summary["rejected"] == 4

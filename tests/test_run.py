@@ -213,8 +213,8 @@ def test_reader_options_are_checked_before_any_work(run, tmp_path, read, message
 def test_an_unknown_engine_is_refused(tiny_bundle, tmp_path):
     path = write_txt(tmp_path / "in" / "a.txt", ["John Smith"])
     config = AnnotateConfig([str(path)], str(tmp_path / "o"), model=str(tiny_bundle))
-    config.engine = "spark"
-    with pytest.raises(OptionError, match=r"unknown engine 'spark'; expected one of \['local'"):
+    config.engine = "dask"
+    with pytest.raises(OptionError, match=r"unknown engine 'dask'; expected one of \['local'"):
         annotate(config)
 
 
