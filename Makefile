@@ -72,35 +72,29 @@ benchmark: $(BUNDLE)/bundle.json
 		--isa-caps AVX2,AVX512_CORE_VNNI $(if $(wildcard $(SPACY_VENV)/.installed),--spacy-python $(SPACY_VENV)/bin/python)
 
 # Exit code 5 means pytest collected no tests: not a failure here.
-# Headless Chromium for the page test of tests/test_view.py: Debian's chromium package and an emoji
-# font, installed with apt-get where missing (as root, or through sudo without a password). Where
-# that cannot be done this says so and succeeds: the browser test then skips, naming the reason.
-install-browser:
-	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+# $(call apt_install,TARGET,COMMANDS,PACKAGES,WHAT): Debian's PACKAGES where none of COMMANDS is
+# on PATH (as root, or through sudo without a password). Where that cannot be done this says so
+# and succeeds: WHAT then skips, naming the reason.
+define apt_install
+	@if (for c in $(2); do command -v $$c >/dev/null 2>&1 && exit 0; done; exit 1); then :; \
 	elif ! command -v apt-get >/dev/null 2>&1; then \
-		echo "install-browser: no apt-get here; install chromium yourself or the browser test skips"; \
+		echo "$(1): no apt-get here; install $(3) yourself (else skipped: $(4))"; \
 	else \
 		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-		else echo "install-browser: not root; the browser test skips without chromium"; exit 0; fi; \
+		else echo "$(1): not root, $(3) not installed (skipped: $(4))"; exit 0; fi; \
 		( $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			chromium fonts-noto-color-emoji ) >/dev/null \
-		|| echo "install-browser: apt-get could not install chromium; the browser test skips"; \
+			$(3) ) >/dev/null \
+		|| echo "$(1): apt-get could not install $(3) (skipped: $(4))"; \
 	fi
+endef
 
-# Spark 4 needs a Java runtime (17 or 21): Debian's openjdk-17-jre-headless where `java` is missing
-# (as root, or through sudo without a password). Where that cannot be done this says so and
-# succeeds: the Spark tests then skip, naming the reason.
+# Headless Chromium (and an emoji font) for the page test of tests/test_view.py.
+install-browser:
+	$(call apt_install,install-browser,chromium chromium-browser,chromium fonts-noto-color-emoji,the browser test)
+
+# Spark 4 needs a Java runtime (17 or 21): Debian's 17 where `java` is missing.
 install-java:
-	@if command -v java >/dev/null 2>&1; then :; \
-	elif ! command -v apt-get >/dev/null 2>&1; then \
-		echo "install-java: no apt-get here; install Java 17 yourself or the Spark tests skip"; \
-	else \
-		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-		else echo "install-java: not root; the Spark tests skip without Java"; exit 0; fi; \
-		( $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
-			openjdk-17-jre-headless ) >/dev/null \
-		|| echo "install-java: apt-get could not install Java; the Spark tests skip"; \
-	fi
+	$(call apt_install,install-java,java,openjdk-17-jre-headless,the Spark tests)
 
 test: install install-airflow install-browser install-java
 	$(BIN)/pytest -q -m "not slow" || [ $$? -eq 5 ]

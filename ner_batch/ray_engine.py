@@ -45,6 +45,7 @@ from .remote import (
     DOCUMENTS,
     consume,
     document_rows,
+    errors_translated,
     file_specs,
     open_worker_tagger,
     tag_table,
@@ -232,14 +233,7 @@ def _tagged_batches(dataset) -> Iterator[pa.Table]:
     """The pipeline's output in input order, with Ray's failures turned into our errors."""
     batches = iter(dataset.iter_batches(batch_size=None, batch_format="pyarrow"))
     try:
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except Exception as e:  # anything a worker or Ray raised: see _ray_error
-                raise _ray_error(e) from e
-            yield batch
+        yield from errors_translated(batches, _ray_error)
     finally:
         close = getattr(batches, "close", None)
         if close is not None:

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from .bundle import load_bundle
 from .committer import Committer
 from .errors import BundleError, InputError, NerbatchError
-from .output import REJECT_SCHEMA, SPAN_STRUCT, span_columns
+from .output import REJECT_SCHEMA, SPAN_FIELDS, SPAN_SCHEMA, SPAN_STRUCT, span_columns
 from .plan import RunPlan, log_runtime
 from .readers import Document, InputFile, ReadMeter, ReadOptions, Reject, printable, read_file
 from .run import StopFlag, tag_in_chunks
@@ -251,6 +251,36 @@ def write_batch(committer: Committer, batch: pa.Table) -> None:
             committer.commit()
 
 
+def span_rows(annotated: pa.Table, model: str) -> pa.Table:
+    """The span rows (output.SPAN_SCHEMA) of TAGGED rows of annotated documents, `model` the
+    bundle id: each document's list of spans flattened, its doc_id and source repeated."""
+    spans = annotated.column("spans").combine_chunks()  # (documents,) lists of spans
+    flat = pc.list_flatten(spans)  # (spans,) structs
+    owner = pc.list_parent_indices(spans)  # (spans,) document of each span
+    return pa.table(
+        {
+            "doc_id": annotated.column("doc_id").take(owner),
+            "source": annotated.column("source").take(owner),
+            **{name: flat.field(name) for name in SPAN_FIELDS},
+            "model": pa.array([model] * len(flat), pa.string()),
+        },
+        schema=SPAN_SCHEMA,
+    )
+
+
+def errors_translated(items: Iterator, translate) -> Iterator:
+    """`items`, with any exception its iteration raises (a failure on a worker, relayed by Ray
+    or Spark) turned into `translate(exception)`, one of our errors."""
+    while True:
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        except Exception as e:  # anything a worker or the cluster raised: see `translate`
+            raise translate(e) from e
+        yield item
+
+
 def add_rows(committer: Committer, rows: pa.Table) -> None:
     """TAGGED rows of one part: spans into the part, rejects beside it."""
     fatal = rows.column("fatal")
@@ -263,21 +293,7 @@ def add_rows(committer: Committer, rows: pa.Table) -> None:
         position = (reject.pop("input"), reject.pop("item") + 1)
         committer.reject(Reject(**reject), position)
     annotated = rows.filter(pc.invert(rejected))
-    spans = annotated.column("spans").combine_chunks()  # (documents,) lists of spans
-    flat = pc.list_flatten(spans)  # (spans,) structs
-    owner = pc.list_parent_indices(spans)  # (spans,) document of each span
-    table = pa.table(
-        {
-            "doc_id": annotated.column("doc_id").take(owner),
-            "source": annotated.column("source").take(owner),
-            "start": flat.field("start"),
-            "end": flat.field("end"),
-            "label": flat.field("label"),
-            "text": flat.field("text"),
-            "score": flat.field("score"),
-            "model": pa.array([committer.model_id] * len(flat), pa.string()),
-        }
-    )
+    table = span_rows(annotated, committer.model_id)
     last = (rows.column("input")[-1].as_py(), rows.column("item")[-1].as_py() + 1)
     tokens = pc.sum(annotated.column("tokens")).as_py() or 0
     committer.add_table(table, annotated.num_rows, tokens, last)

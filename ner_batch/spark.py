@@ -45,8 +45,10 @@ from .remote import (
     TAGGED,
     consume,
     document_rows,
+    errors_translated,
     file_specs,
     open_worker_tagger,
+    span_rows,
     tag_table,
     tagger_spec,
     worker_spec,
@@ -273,19 +275,8 @@ def _documents_of(batch: pa.RecordBatch) -> pa.Table:
 def _rows_of(tagged: pa.Table, model: str) -> pa.Table:
     """TAGGED rows -> one row per span, and one per rejected document (its reason)."""
     rejected = pc.is_valid(tagged.column("reason"))
-    annotated = tagged.filter(pc.invert(rejected))
-    spans = annotated.column("spans").combine_chunks()  # (documents,) lists of spans
-    flat = pc.list_flatten(spans)  # (spans,) structs
-    owner = pc.list_parent_indices(spans)  # (spans,) document of each span
-    span_rows = pa.table(
-        {
-            "doc_id": annotated.column("doc_id").take(owner),
-            "source": annotated.column("source").take(owner),
-            **{name: flat.field(name) for name in ("start", "end", "label", "text", "score")},
-            "model": pa.array([model] * len(flat), pa.string()),
-            REJECTED: pa.nulls(len(flat), pa.string()),
-        }
-    )
+    spans = span_rows(tagged.filter(pc.invert(rejected)), model)
+    spans = spans.append_column(REJECTED, pa.nulls(spans.num_rows, pa.string()))
     rejects = tagged.filter(rejected)
     n = rejects.num_rows
     reject_rows = pa.table(
@@ -301,7 +292,7 @@ def _rows_of(tagged: pa.Table, model: str) -> pa.Table:
             REJECTED: rejects.column("reason"),
         }
     )
-    return pa.concat_tables([span_rows.cast(reject_rows.schema), reject_rows])
+    return pa.concat_tables([spans.cast(reject_rows.schema), reject_rows])
 
 
 # --- the engine ----------------------------------------------------------------------------------
@@ -400,16 +391,11 @@ def _block(input_index: int, block: int, tagger, rows: list[dict], chunking) -> 
 
 def _tables(blocks) -> Iterator[pa.Table]:
     """The TAGGED tables of the Arrow IPC blocks, in order; Spark's failures as our errors."""
-    while True:
-        try:
-            row = next(blocks)
-        except StopIteration:
-            return
-        except Exception as e:  # anything an executor or Spark raised: see spark_error
-            raise spark_error(e) from e
+    for row in errors_translated(blocks, spark_error):
         yield pa.ipc.open_stream(pa.py_buffer(row["data"])).read_all()
 
 
+# "ner_batch.errors.BundleError: ..." in the traceback Spark relays from a Python worker
 _OUR_ERROR = re.compile(
     r"(?m)^(?:ner_batch\.errors\.)?(\w*(?:Bundle|Input|Option|Output)Error): (.+)$"
 )

@@ -3,11 +3,13 @@ labels, checks of span invariants, and builders of small annotate corpora in eve
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import logging
 import shutil
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -190,3 +192,24 @@ def write_bad_inputs(root: Path) -> list[Path]:
     not_parquet = root / "f_broken.parquet"
     not_parquet.write_bytes(b"PAR1 this is not parquet")
     return [lines, records, table, binary, truncated, not_parquet]
+
+
+@contextlib.contextmanager
+def progress_events() -> Iterator[list[dict]]:
+    """The `progress` log events (their fields) of what runs inside, as a list filled in."""
+    events: list[dict] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "event", None) == "progress":
+                events.append(vars(record))
+
+    logger = logging.getLogger("ner_batch")
+    handler, level = Collect(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield events
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

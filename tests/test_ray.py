@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import build_corpus, write_bad_inputs, write_parquet
+from helpers import build_corpus, progress_events, write_bad_inputs, write_parquet
 from test_annotate import Crash, assert_complete, crashing_documents, manifest_of, rows_of
 
 import ner_batch.annotate as annotate_module
@@ -488,18 +488,7 @@ def test_progress_events_come_as_the_actors_results_do(cluster, tiny_bundle, tmp
         ]
         lines.insert(7, "not json")  # a poison line: a reject
         (corpus / f"shard{shard}.jsonl").write_text("\n".join(lines) + "\n")
-    events: list[dict] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if getattr(record, "event", None) == "progress":
-                events.append(vars(record))
-
-    logger = logging.getLogger("ner_batch")
-    handler, level = Collect(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with progress_events() as events:
         config = AnnotateConfig(
             [str(corpus)],
             str(tmp_path / "out.parquet"),
@@ -509,9 +498,6 @@ def test_progress_events_come_as_the_actors_results_do(cluster, tiny_bundle, tmp
             chunk_docs=50,
         )
         summary = annotate(config, progress_every=0.000001)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     percents = [e["percent"] for e in events]
     assert len(percents) >= 4 and percents == sorted(percents) and percents[-1] == 100.0
     assert events[-1]["documents"] == summary["documents"] == 244

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import DOCS, build_corpus, write_bad_inputs, write_jsonl
+from helpers import DOCS, build_corpus, progress_events, write_bad_inputs, write_jsonl
 from test_annotate import Crash, assert_complete, manifest_of
 
 import ner_batch.manifest as manifest_module
@@ -241,7 +241,6 @@ def test_sigterm_commits_what_arrived_and_the_same_command_resumes(
 def test_progress_events_come_as_the_executors_results_do(spark, tiny_bundle, tmp_path):
     """The driver knows documents and input bytes as blocks come back: `progress` events with
     rising percentages to 100, the rejects counted (issue 25's point 4 on Spark)."""
-    import logging
 
     from ner_batch.annotate import AnnotateConfig
     from ner_batch.annotate import annotate as annotate_files
@@ -253,18 +252,7 @@ def test_progress_events_come_as_the_executors_results_do(spark, tiny_bundle, tm
         lines.insert(7, "not json")  # a poison line: a reject
         (corpus / f"shard{shard}.jsonl").parent.mkdir(exist_ok=True)
         (corpus / f"shard{shard}.jsonl").write_text("\n".join(lines) + "\n")
-    events: list[dict] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if getattr(record, "event", None) == "progress":
-                events.append(vars(record))
-
-    logger = logging.getLogger("ner_batch")
-    handler, level = Collect(), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
+    with progress_events() as events:
         config = AnnotateConfig(
             [str(corpus)],
             str(tmp_path / "out.parquet"),
@@ -274,9 +262,6 @@ def test_progress_events_come_as_the_executors_results_do(spark, tiny_bundle, tm
             read=ReadOptions(),
         )
         summary = annotate_files(config, progress_every=0.000001)
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
     percents = [e["percent"] for e in events]
     assert len(percents) >= 4 and percents == sorted(percents) and percents[-1] == 100.0
     assert events[-1]["documents"] == summary["documents"] == 244
