@@ -346,7 +346,11 @@ class SparkEngine:
                 StructField("skip", LongType()),
             ]
         )
-        rows = [tuple(s[f.name] for f in schema.fields) for s in specs]
+        rows = [
+            (s["input"], s["path"], s["format"], s["size"], float(s["mtime"]), s["error"])
+            + (s["remote"], s["skip"])
+            for s in specs
+        ]
         # One partition per file, in input order: the driver reads the results in that order.
         files = spark.createDataFrame(spark.sparkContext.parallelize(rows, len(rows)), schema)
         blocks = files.mapInArrow(read_and_tag, BLOCKS_DDL).toLocalIterator()
