@@ -71,7 +71,6 @@ benchmark: $(BUNDLE)/bundle.json
 	$(BIN)/python benchmarks/throughput.py --checkpoint $(RUN) --bundle $(BUNDLE) --data $(DATA) \
 		--isa-caps AVX2,AVX512_CORE_VNNI $(if $(wildcard $(SPACY_VENV)/.installed),--spacy-python $(SPACY_VENV)/bin/python)
 
-# Exit code 5 means pytest collected no tests: not a failure here.
 # $(call apt_install,TARGET,COMMANDS,PACKAGES,WHAT): Debian's PACKAGES where none of COMMANDS is
 # on PATH (as root, or through sudo without a password). Where that cannot be done this says so
 # and succeeds: WHAT then skips, naming the reason.
@@ -96,6 +95,7 @@ install-browser:
 install-java:
 	$(call apt_install,install-java,java,openjdk-17-jre-headless,the Spark tests)
 
+# Exit code 5 means pytest collected no tests: not a failure here.
 test: install install-airflow install-browser install-java
 	$(BIN)/pytest -q -m "not slow" || [ $$? -eq 5 ]
 
