@@ -93,10 +93,8 @@ def open_plan(config: AnnotateConfig, tags_here: bool = True) -> Iterator[RunPla
             choice = tagger.runtime
             window = (tagger.window + tagger.encoder.n_special, tagger.stride)
         else:
-            choice = runtimes.for_workers(bundle, variant, config.device, runtime)
-            encoder = bundle.encoder()
-            window = runtimes.checked_window(
-                bundle, config.max_length, config.stride, encoder.n_special
+            choice, window = runtimes.for_workers(
+                bundle, variant, config.device, runtime, config.max_length, config.stride
             )
     except OptionError as e:
         if not recorded:

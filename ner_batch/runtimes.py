@@ -82,16 +82,25 @@ def run_runtime(requested: str, recorded: str | None) -> str:
     return recorded if requested == "auto" and recorded else requested
 
 
-def for_workers(bundle: Bundle, precision: str, device: str, runtime: str) -> dict:
-    """The runtime choice of an engine whose workers open their own taggers (`open_tagger` on
-    each node): the files of every candidate are checked here, before a cluster starts; `auto`
-    with two candidates stays `auto` (each worker times them on its own node)."""
+def for_workers(
+    bundle: Bundle,
+    precision: str,
+    device: str,
+    runtime: str,
+    max_length: int | None = None,
+    stride: int | None = None,
+) -> tuple[dict, tuple[int, int]]:
+    """The runtime choice and the window of an engine whose workers open their own taggers
+    (`open_tagger` on each node), checked here before a cluster starts: the files of every
+    candidate, and the window (`checked_window`). `auto` with two candidates stays `auto`
+    (each worker times them on its own node)."""
     names, why = candidates(bundle, precision, device, runtime)
     for name in names:
         bundle.verify(RUNS[(precision, name)])
+    window = checked_window(bundle, max_length, stride, bundle.encoder().n_special)
     if len(names) == 1:
-        return {"runtime": names[0], "reason": why}
-    return {"runtime": "auto", "reason": "each worker chooses on its node"}
+        return {"runtime": names[0], "reason": why}, window
+    return {"runtime": "auto", "reason": "each worker chooses on its node"}, window
 
 
 def checked_window(

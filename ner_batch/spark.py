@@ -54,7 +54,7 @@ from .remote import (
     worker_spec,
 )
 from .run import AnnotateConfig, StopFlag
-from .runtimes import checked_window, for_workers
+from .runtimes import for_workers
 from .tagger import TaggerOptions
 
 DEFAULT_MASTER = "local[*]"
@@ -203,8 +203,9 @@ def driver_spec(config: AnnotateConfig, threads: int) -> tuple[dict, str]:
     starts); return what each worker needs to open its tagger, and the bundle id."""
     bundle = load_bundle(config.model)
     precision = bundle.resolve_variant(config.variant, config.device)
-    choice = for_workers(bundle, precision, config.device, config.runtime)
-    window = checked_window(bundle, config.max_length, config.stride, bundle.encoder().n_special)
+    choice, window = for_workers(
+        bundle, precision, config.device, config.runtime, config.max_length, config.stride
+    )
     spec = worker_spec(
         str(config.model),
         precision,

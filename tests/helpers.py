@@ -213,3 +213,14 @@ def progress_events() -> Iterator[list[dict]]:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def write_shards(directory: Path, texts: Sequence[str], shards: int = 4) -> Path:
+    """`shards` JSONL files of `texts` each (ids `<shard>-<i>`), each with a poison line (not
+    JSON: a reject) after its 7th record; returns the directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for shard in range(shards):
+        lines = [json.dumps({"id": f"{shard}-{i}", "text": t}) for i, t in enumerate(texts)]
+        lines.insert(7, "not json")
+        (directory / f"shard{shard}.jsonl").write_text("\n".join(lines) + "\n")
+    return directory

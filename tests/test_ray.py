@@ -6,7 +6,6 @@ refused before any cluster starts."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -20,7 +19,7 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import build_corpus, progress_events, write_bad_inputs, write_parquet
+from helpers import build_corpus, progress_events, write_bad_inputs, write_parquet, write_shards
 from test_annotate import Crash, assert_complete, crashing_documents, manifest_of, rows_of
 
 import ner_batch.annotate as annotate_module
@@ -480,14 +479,7 @@ def test_the_openvino_runtime_on_ray(cluster, run, ov_bundle, corpus, tmp_path, 
 def test_progress_events_come_as_the_actors_results_do(cluster, tiny_bundle, tmp_path):
     """The driver knows documents and input bytes as batches come back: `progress` events with
     rising percentages to 100 (issue 25's point 4 on Ray)."""
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    for shard in range(4):
-        lines = [
-            json.dumps({"id": f"{shard}-{i}", "text": "John Smith in Paris"}) for i in range(60)
-        ]
-        lines.insert(7, "not json")  # a poison line: a reject
-        (corpus / f"shard{shard}.jsonl").write_text("\n".join(lines) + "\n")
+    corpus = write_shards(tmp_path / "corpus", ["John Smith in Paris"] * 60)
     with progress_events() as events:
         config = AnnotateConfig(
             [str(corpus)],

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from helpers import DOCS, build_corpus, progress_events, write_bad_inputs, write_jsonl
+from helpers import DOCS, build_corpus, progress_events, write_bad_inputs, write_jsonl, write_shards
 from test_annotate import Crash, assert_complete, manifest_of
 
 import ner_batch.manifest as manifest_module
@@ -246,12 +246,7 @@ def test_progress_events_come_as_the_executors_results_do(spark, tiny_bundle, tm
     from ner_batch.annotate import annotate as annotate_files
     from ner_batch.readers import ReadOptions
 
-    corpus = tmp_path / "corpus"
-    for shard in range(4):
-        lines = [json.dumps({"id": f"{shard}-{i}", "text": t}) for i, t in enumerate(texts(60))]
-        lines.insert(7, "not json")  # a poison line: a reject
-        (corpus / f"shard{shard}.jsonl").parent.mkdir(exist_ok=True)
-        (corpus / f"shard{shard}.jsonl").write_text("\n".join(lines) + "\n")
+    corpus = write_shards(tmp_path / "corpus", texts(60))
     with progress_events() as events:
         config = AnnotateConfig(
             [str(corpus)],
