@@ -82,6 +82,12 @@ def missing(runtime: str, device: str = "cpu") -> str | None:
     return None
 
 
+def version(runtime: str) -> str:
+    """The installed version of `runtime` (imports it)."""
+    check_choice("runtime", runtime, NAMES)
+    return __import__(runtime).__version__
+
+
 def load(
     runtime: str,
     file: str | Path,
@@ -91,13 +97,16 @@ def load(
     threads: int = 0,
     streams: int = 1,
     padding: tuple[int, int] | None = None,
+    compile_cache: Path | None = None,
 ) -> Model:
     """`file` (ONNX, or for OpenVINO an IR .xml too) on `runtime`.
 
     `threads`: the total for this model (0: every core); `streams`: batches run at once, each
     on threads / streams cores (0: the runtime's best). `precision` is OpenVINO's inference
     precision ("f32" or "bf16"; ONNX Runtime runs a file as it is). `padding` (pad id, window)
-    lets OpenVINO pad batches to a few shapes. A file the runtime cannot load is a BundleError."""
+    lets OpenVINO pad batches to a few shapes. `compile_cache`: a directory where OpenVINO keeps
+    the compiled model for the next load (its CACHE_DIR; ONNX Runtime ignores it). A file the
+    runtime cannot load is a BundleError."""
     why = missing(runtime, device)
     if why is not None:
         raise BundleError(why)
@@ -106,7 +115,7 @@ def load(
         from . import openvino_backend
 
         inputs, shape, streams, logits = openvino_backend.load(
-            file, precision, threads, streams, padding, feed
+            file, precision, threads, streams, padding, feed, compile_cache
         )
         return Model("openvino", file, inputs, shape, streams, logits)
     return _load_onnxruntime(file, device, threads, streams)

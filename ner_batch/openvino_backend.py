@@ -21,11 +21,14 @@ import contextlib
 import io
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
 from .errors import BundleError
+
+log = logging.getLogger(__name__)
 
 PRECISIONS = {"f32": "f32", "bf16": "bf16"}  # our name -> INFERENCE_PRECISION_HINT
 
@@ -40,10 +43,19 @@ def missing(quantizer: bool = False) -> str | None:
     return None
 
 
-def compile_model(file: Path, precision: str = "f32", threads: int = 0, streams: int = 1):
+def compile_model(
+    file: Path,
+    precision: str = "f32",
+    threads: int = 0,
+    streams: int = 1,
+    cache: Path | None = None,
+):
     """A CPU CompiledModel of an IR (.xml) or ONNX file; `threads` 0 is every core. `streams`
     1: one request on every core (LATENCY); 0: OpenVINO's THROUGHPUT streams (measured the
-    best: docs/openvino.md), N: that many streams."""
+    best: docs/openvino.md), N: that many streams. `cache`: OpenVINO's CACHE_DIR, where it
+    keeps the compiled model (a blob per file and settings) and loads it from the next time:
+    about 0.2 s instead of 0.6-0.9 s for MiniLM int8. A cache directory that cannot be made or
+    used only costs the compile."""
     import openvino as ov
     import openvino.properties.hint as hints
 
@@ -60,11 +72,50 @@ def compile_model(file: Path, precision: str = "f32", threads: int = 0, streams:
         config["NUM_STREAMS"] = str(streams)
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
+    started = time.perf_counter()
+    core = ov.Core()
+    compiled = _compile_cached(core, file, config, cache) if cache is not None else None
+    if compiled is None:
+        try:
+            compiled = core.compile_model(core.read_model(str(file)), "CPU", config)
+        except Exception as e:  # broad: OpenVINO raises RuntimeError/its own types for bad models
+            text = " ".join(str(e).split())[:300]
+            raise BundleError(f"OpenVINO cannot load {file}: {text}") from e
+    log.debug(
+        "OpenVINO compiled %s in %.2f s%s",
+        file.name,
+        time.perf_counter() - started,
+        " (loaded from its cache)" if _from_cache(compiled) else "",
+        extra={"event": "openvino_compile"},
+    )
+    return compiled
+
+
+def _compile_cached(core, file: Path, config: dict, cache: Path):
+    """The model compiled with CACHE_DIR `cache` (from the path, so that a cached blob is
+    loaded without reading the model first), or None when the cache cannot be used."""
     try:
-        core = ov.Core()
-        return core.compile_model(core.read_model(str(file)), "CPU", config)
-    except Exception as e:  # broad: OpenVINO raises RuntimeError/its own types for bad models
-        raise BundleError(f"OpenVINO cannot load {file}: {' '.join(str(e).split())[:300]}") from e
+        cache.mkdir(parents=True, exist_ok=True)  # OpenVINO raises on a directory it cannot make
+    except OSError as e:
+        log.info("OpenVINO's compile cache %s cannot be made (%s): not caching", cache, e)
+        return None
+    try:
+        return core.compile_model(str(file), "CPU", {**config, "CACHE_DIR": str(cache)})
+    except Exception as e:  # broad: its own types; a bad model fails again without the cache
+        log.info(
+            "OpenVINO could not compile %s with its cache %s (%s): compiling without it",
+            file,
+            cache,
+            " ".join(str(e).split())[:300],
+        )
+        return None
+
+
+def _from_cache(compiled) -> bool:
+    try:
+        return bool(compiled.get_property("LOADED_FROM_CACHE"))
+    except Exception:  # broad: a version without the property raises its own type
+        return False
 
 
 def optimal_requests(compiled) -> int:
@@ -153,11 +204,13 @@ def quantize(
     }
 
 
-def load(file: Path, precision: str, threads: int, streams: int, padding, feed):
+def load(
+    file: Path, precision: str, threads: int, streams: int, padding, feed, cache: Path | None = None
+):
     """What backends.load needs of `file` on OpenVINO: (input name -> element type, the output's
     shape, the streams it runs, its LogitsFn), the batches padded (`padding`: pad id and window,
-    or None) to a few shapes."""
-    compiled = compile_model(file, precision, threads, streams)
+    or None) to a few shapes; compiled through the CACHE_DIR `cache` when given."""
+    compiled = compile_model(file, precision, threads, streams, cache)
     pad_id, max_length = padding or (0, None)
     inputs = {port.get_any_name(): _element_type(port) for port in compiled.inputs}
     shape = _shape(compiled.outputs[0]) if compiled.outputs else []
