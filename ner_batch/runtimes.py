@@ -5,7 +5,9 @@
   variants, installed packages, the device) and, for `--runtime auto`, the ones to time;
 - `open_tagger`: loads each candidate through backends.py, checks it (model_checks.py), times
   them when there are two (probe.py) and returns a Tagger on the chosen one, its `runtime`
-  attribute saying which and why;
+  attribute saying which and why. A choice timed before for the same models, settings, CPU
+  and runtime versions (`probe_identity`) is taken from probe.py's cache, and only the chosen
+  runtime is loaded; OpenVINO keeps its compiled models in the same cache directory;
 - `for_workers`: the same decision for engines whose workers open their own taggers (Ray);
 - `run_runtime`: a resumed `auto` run keeps the runtime its output recorded;
 - `export_variants`: which variants `nerbatch export` builds by default (openvino only where
@@ -16,9 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import time
+from pathlib import Path
 
 from . import backends, model_checks, probe
-from .bundle import BUNDLE_FILE, Bundle
+from .bundle import BUNDLE_FILE, Bundle, cache_dir
 from .choices import RUNS, RUNTIMES, check_choice
 from .errors import BundleError, OptionError
 from .tagger import Tagger, TaggerOptions, check_window
@@ -148,34 +153,97 @@ def open_tagger(
         options.check()
     except ValueError as e:
         raise OptionError(str(e)) from e
+    choice = key = None
+    if len(names) > 1:
+        identity = probe_identity(bundle, precision, names, max_length, threads, options.streams)
+        key = probe.choice_key(identity)
+        choice = probe.recall(key, names)
+        if choice is not None:
+            names = [choice["runtime"]]  # only the remembered runtime is verified and loaded
     for name in names:
         bundle.verify(RUNS[(precision, name)])  # the tokenizer's checksum too, before its use
     encoder = bundle.encoder()
     window = checked_window(bundle, *given, encoder.n_special)
     models = {}
     for name in names:
-        file = bundle.path / bundle.meta["variants"][RUNS[(precision, name)]]["file"]
+        entry = bundle.meta["variants"][RUNS[(precision, name)]]
+        started = time.perf_counter()
         models[name] = backends.load(
             name,
-            file,
+            bundle.path / entry["file"],
             precision="bf16" if precision == "bf16" else "f32",
             device=device,
             threads=threads,
             streams=options.streams,
             padding=(encoder.pad_id, max_length),
+            compile_cache=compile_cache(entry) if name == "openvino" else None,
         )
         model_checks.check_graph(bundle, models[name])
         model_checks.check_runs(bundle, models[name], encoder, max_length, length_chosen)
-    if len(names) == 1:
+        log.debug(
+            "loaded %s on %s and checked it in %.2f s",
+            entry["file"],
+            name,
+            time.perf_counter() - started,
+            extra={"event": "runtime_loaded", "runtime": name},
+        )
+    if choice is None and len(names) == 1:
         choice = {"runtime": names[0], "reason": why}
-    else:
+    elif choice is None:
         timed = {name: (model.logits, model.streams) for name, model in models.items()}
         choice = probe.choose(timed, encoder, max_length)
+        about = {"bundle_id": bundle.bundle_id, "variant": precision, "threads": threads}
+        probe.remember(key, choice, about)
     model = models[choice["runtime"]]
     options = dataclasses.replace(options, streams=model.streams)
     tagger = Tagger(encoder, bundle.labels, model.logits, *window, options)
     tagger.runtime = choice
     return tagger
+
+
+def probe_identity(
+    bundle: Bundle,
+    precision: str,
+    names: list[str],
+    max_length: int,
+    threads: int,
+    streams: int,
+) -> dict:
+    """Everything that decides which of `names` the probe chooses for a run, the key its
+    choice is remembered by: the candidates' model files (their checksums in bundle.json,
+    checked before a model is loaded, so a copy of the bundle elsewhere shares the choice and
+    a new export does not), the precision and window the probe times, the threads and streams
+    asked for, the CPU (name, cores, the flags that decide int8 speed, a oneDNN ISA cap, the
+    cores this process may use) and the runtimes' versions."""
+    models = {}
+    for name in names:
+        entry = bundle.meta["variants"][RUNS[(precision, name)]]
+        models[name] = _checksums(entry)
+    usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "models": models,
+        "precision": precision,
+        "max_length": max_length,
+        "threads": threads,
+        "streams": streams,
+        "cpu": {**probe.cpu_summary(), "usable_cores": usable_cores},
+        "versions": {name: backends.version(name) for name in names},
+    }
+
+
+def compile_cache(entry: dict) -> Path:
+    """Where OpenVINO keeps the compiled models of a bundle variant (`entry` of bundle.json),
+    by content: a new export with other weights at the same path never meets the blobs of
+    the old one (OpenVINO itself keys them by the file's path, size and time)."""
+    return cache_dir() / "openvino" / _checksums(entry)[:16]
+
+
+def _checksums(entry: dict) -> str:
+    """The content identity of a variant's files: its sha256, with its weights' for an IR."""
+    weights = entry.get("weights")
+    if isinstance(weights, dict):
+        return probe.choice_key({"file": entry["sha256"], "weights": weights["sha256"]})
+    return entry["sha256"]
 
 
 def export_variants() -> tuple[str, ...]:
