@@ -6,11 +6,14 @@ so `U.S.` is four words and `Obama,` two. Training labels the first sub-token of
 the tag of the gold token it falls in (B- only on the token's first word), so spans never swallow
 trailing punctuation in raw text. Each sub-token's token-type id is the *shape* of its word
 (lowercase, Titlecase, ALLCAPS, digit, mixed, other): uncased vocabularies drop capitalisation,
-and the token-type embedding brings it back at no inference cost.
+and the token-type embedding brings it back at no inference cost. Models trained elsewhere get the
+words they were trained on instead: the transformers pipeline's where the tokenizer marks
+continuing pieces ("##"), whole whitespace-delimited runs where it does not (see TextEncoder).
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +25,10 @@ from tokenizers import Tokenizer
 SHAPES = ("lower", "title", "upper", "digit", "mixed", "other")
 # What a word is (each labelled by its first sub-token): see TextEncoder.
 WORD_RULES = ("pre-tokenizer", "pipeline")
+# Every code point that str.isspace() (and so the `\s` of `re`) calls whitespace is below
+# U+3001; the table's last entry stands for every code point above.
+_SPACE_TABLE = np.array([chr(c).isspace() for c in range(0x3002)], dtype=bool)
+_NON_SPACE = re.compile(r"\S")
 
 
 def word_shape(word: str) -> int:
@@ -72,8 +79,9 @@ class TextEncoder:
         word_rule: str = "pre-tokenizer",
     ):
         """`word_rule` (WORD_RULES) says what a word is: "pre-tokenizer" pieces (what nerbatch
-        trains on), or "pipeline": the words of the transformers token-classification
-        pipeline, for models trained elsewhere (see `_pipeline_words`)."""
+        trains on), or "pipeline", for models trained elsewhere: the words of the transformers
+        token-classification pipeline where the tokenizer marks continuing pieces ("##",
+        `_pipeline_words`), whole whitespace-delimited runs where it does not (`_whole_words`)."""
         if not isinstance(tokenizer, Tokenizer):
             tokenizer = Tokenizer.from_file(str(tokenizer))
         tokenizer.no_truncation()
@@ -120,7 +128,10 @@ class TextEncoder:
         encoded = [self._to_encoded(e) for e in encodings]
         if self.word_rule == "pipeline":
             for text, enc, encoding in zip(texts, encoded, encodings, strict=True):
-                self._pipeline_words(text, enc, encoding.tokens)
+                if self.subword_prefix:
+                    self._pipeline_words(enc, encoding.tokens)
+                else:
+                    self._whole_words(text, enc)
         self._add_text_features(texts, encoded)
         return encoded
 
@@ -147,11 +158,13 @@ class TextEncoder:
                 for f in ("ids", "type_ids", "starts", "ends", "word_ids", "first", "newlines")
             )
         )
-        # Line breaks across a cut: count them in the whole text where a piece begins.
+        # Line breaks across a cut: count them in the whole text where a piece begins (from the
+        # end of the text before it to its first non-space, as _add_text_features does).
         offsets = np.cumsum([0] + [len(p) for p in parts])[1:-1]
         for at in offsets.tolist():
             if at and at < len(joined):
-                gap = text[joined.ends[at - 1] : joined.starts[at]]
+                begins = [_content_start(text, int(joined.starts[i])) for i in (at - 1, at)]
+                gap = text[max(int(joined.ends[at - 1]), begins[0]) : begins[1]]
                 joined.newlines[at] = gap.count("\n")
         return joined
 
@@ -172,27 +185,56 @@ class TextEncoder:
         type_ids = np.zeros(n, dtype=np.int64)
         return Encoded(ids, type_ids, offsets[:, 0].copy(), offsets[:, 1].copy(), dense, first)
 
-    def _pipeline_words(self, text: str, enc: Encoded, tokens: list[str]) -> None:
+    def _pipeline_words(self, enc: Encoded, tokens: list[str]) -> None:
         """Regroup sub-tokens into the words of transformers' token-classification pipeline
-        (`gather_pre_entities`), so that spans of a model trained elsewhere equal the pipeline's:
-        with a continuing-subword prefix ("##"), a piece whose string is longer than its text
-        continues a word; without one (byte-level BPE, SentencePiece), a piece continues a word
-        unless a space (U+0020 only, as there) is just before or at its start. [UNK] always
-        starts a word."""
+        (`gather_pre_entities`) for a tokenizer with a continuing-subword prefix ("##"), so that
+        spans of a model trained elsewhere equal the pipeline's: a piece whose string is longer
+        than its text continues a word; [UNK] always starts one."""
         n = len(enc)
         if not n:
             return
-        if self.subword_prefix:
-            lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=n)
-            continues = lengths != enc.ends - enc.starts
-        else:
-            space = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32) == 32
-            space = np.concatenate([space, [False]])  # a piece may start at the very end
-            before = np.where(enc.starts > 0, space[np.maximum(enc.starts - 1, 0)], True)
-            continues = (enc.starts > 0) & ~before & ~space[enc.starts]
+        lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=n)
+        continues = lengths != enc.ends - enc.starts
         if self.unk_id is not None:
             continues &= enc.ids != self.unk_id
         continues[0] = False
+        enc.first = ~continues
+        enc.word_ids = np.cumsum(enc.first) - 1
+
+    @staticmethod
+    def _whole_words(text: str, enc: Encoded) -> None:
+        """Regroup sub-tokens into whole words for a tokenizer without a continuing-subword
+        prefix (SentencePiece/Unigram as in XLM-R and DeBERTa-v3, byte-level BPE as in RoBERTa):
+        a word is a run of characters between whitespace (str.isspace), so no span starts or
+        ends inside one.
+
+        The pipeline's own rule for these tokenizers ("a piece continues a word unless U+0020 is
+        just before or at its start") cuts words: a lone "▁" piece carries the offsets of the
+        character after it, so in "CHINA IN" the pieces "▁", "I", "N" make the words "I" and
+        "IN" and a span may end on "CHINA I"; a tab or a newline joins two words. Here each piece
+        belongs to the word of the first non-space character at or after its start: a lone
+        "▁", "Ġ" or "Ċ" piece (the whitespace before a word, or no text at all) belongs to the
+        word that follows it, and its label is that word's (the first piece's). Pieces after the
+        last word belong to the word before them. A piece that reaches into the next word joins
+        the two (DeBERTa's one "<unk>" piece over "東京\u3000大阪": a piece cannot be split)."""
+        n = len(enc)
+        if not n:
+            return
+        space = _is_space(_codepoints(text))  # (n_chars,)
+        next_content = _next_content(space)  # (n_chars + 1,)
+        opens = ~space
+        opens[1:] &= space[:-1]
+        # (n_chars + 1,) index of the whitespace word at each non-space position; -1 past the last
+        word_at = np.append(np.cumsum(opens) - 1, -1)
+        word_starts = np.append(np.flatnonzero(opens), len(text))  # [-1]: past the last word
+        words = word_at[next_content[enc.starts]]  # (n_subtokens,)
+        reached = np.maximum.accumulate(enc.ends)  # (n_subtokens,) furthest end so far
+        continues = np.zeros(n, dtype=bool)
+        continues[1:] = (
+            (words[1:] == words[:-1])
+            | (words[1:] < 0)
+            | (word_starts[words[1:]] < reached[:-1])  # an earlier piece reached into the word
+        )
         enc.first = ~continues
         enc.word_ids = np.cumsum(enc.first) - 1
 
@@ -202,15 +244,22 @@ class TextEncoder:
         bases = np.zeros(len(texts), dtype=np.int64)
         bases[1:] = np.cumsum([len(t) for t in texts])[:-1]
         joined = "".join(texts)
-        codepoints = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        codepoints = _codepoints(joined)
         newlines_upto = np.zeros(len(codepoints) + 1, dtype=np.int64)
         np.cumsum(codepoints == 10, out=newlines_upto[1:])
+        # A piece made only of whitespace (byte-level BPE's "Ċ" or lone "Ġ", DeBERTa's "▁" over a
+        # newline) holds the line breaks before the text after it: count them from where the
+        # previous piece's text ends to where this piece's text begins (its first non-space).
+        next_content = _next_content(_is_space(codepoints))
         starts, ends, counts = [], [], []
-        for base, enc in zip(bases.tolist(), encoded, strict=True):
+        for base, text, enc in zip(bases.tolist(), texts, encoded, strict=True):
             enc.newlines = np.zeros(len(enc), dtype=np.int64)
             if len(enc) > 1:
-                enc.newlines[1:] = (
-                    newlines_upto[enc.starts[1:] + base] - newlines_upto[enc.ends[:-1] + base]
+                # (n_subtokens,) where each piece's text begins, within this text
+                anchors = np.minimum(next_content[enc.starts + base], base + len(text))
+                reached = np.maximum(enc.ends[:-1] + base, anchors[:-1])
+                enc.newlines[1:] = np.maximum(
+                    newlines_upto[anchors[1:]] - newlines_upto[reached], 0
                 )
             if self.word_shapes:
                 last = np.ones(len(enc), dtype=bool)
@@ -225,6 +274,30 @@ class TextEncoder:
             encoded, np.split(shapes, np.cumsum(counts)[:-1]), strict=True
         ):
             enc.type_ids[:] = word_shape_ids[enc.word_ids]
+
+
+def _codepoints(text: str) -> np.ndarray:
+    """(n_chars,) uint32 code points of a str (lone surrogates included)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def _is_space(codepoints: np.ndarray) -> np.ndarray:
+    """(n,) bool: which code points str.isspace() calls whitespace."""
+    return _SPACE_TABLE[np.minimum(codepoints, len(_SPACE_TABLE) - 1)]
+
+
+def _content_start(text: str, position: int) -> int:
+    """The first non-space position of `text` at or after `position` (len(text) if none)."""
+    match = _NON_SPACE.search(text, position)
+    return match.start() if match else len(text)
+
+
+def _next_content(space: np.ndarray) -> np.ndarray:
+    """(n + 1,) int64 for a (n,) whitespace mask: the first non-space position at or after each
+    position, n where none is (and at n itself)."""
+    n = len(space)
+    positions = np.where(space, n, np.arange(n))
+    return np.append(np.minimum.accumulate(positions[::-1])[::-1], n)
 
 
 # Character classes of the Basic Multilingual Plane, as bit flags (1 digit, 2 letter, 4 upper,
