@@ -33,11 +33,13 @@ log = logging.getLogger(__name__)
 RECORDED = "recorded by the run that began the output"
 
 
-def usable(bundle: Bundle, precision: str, device: str = "cpu") -> tuple[list[str], dict]:
-    """The runtimes that can run `precision` here, and why each other cannot."""
+def usable(
+    bundle: Bundle, precision: str, device: str = "cpu", among: tuple[str, ...] = backends.NAMES
+) -> tuple[list[str], dict]:
+    """The runtimes (`among`) that can run `precision` here, and why each other cannot."""
     runnable: list[str] = []
     why_not: dict[str, str] = {}
-    for runtime in backends.NAMES:
+    for runtime in among:
         entry = RUNS.get((precision, runtime))
         if entry is None:
             why_not[runtime] = f"{runtime} does not run {precision} models"
@@ -61,7 +63,10 @@ def candidates(bundle: Bundle, precision: str, device: str, runtime: str) -> tup
         check_choice("runtime", runtime, RUNTIMES)
     except ValueError as e:
         raise OptionError(str(e)) from e
-    runnable, why_not = usable(bundle, precision, device)
+    # A runtime given is the only one looked at: `--runtime onnxruntime` does not import
+    # OpenVINO (0.1-0.2 s of start-up) to find out whether it could have run.
+    among = backends.NAMES if runtime == "auto" else (runtime,)
+    runnable, why_not = usable(bundle, precision, device, among)
     if runtime != "auto":
         if runtime not in runnable:
             raise OptionError(
