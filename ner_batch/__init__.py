@@ -5,7 +5,7 @@ are `train`, `export`, `annotate` and `score` (one module each) and the `nerbatc
 """
 
 # 0.4: one run plan for every engine, one backend interface, manifest format 2.
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 
 def load(bundle: str, variant: str = "auto", device: str = "cpu", **options):

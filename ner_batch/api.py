@@ -14,6 +14,7 @@ not read files, write outputs or resume: that is `annotate`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from .bundle import load_bundle
@@ -38,7 +39,11 @@ class Annotator:
         stride: int | None = None,
         threads: int = 0,
         options: TaggerOptions | None = None,
+        decode: str | None = None,
     ):
+        """`decode` (argmax or viterbi) overrides `options.decode` (default: viterbi)."""
+        if decode is not None:
+            options = dataclasses.replace(options or TaggerOptions(), decode=decode)
         self.bundle = load_bundle(bundle)
         self.variant = self.bundle.resolve_variant(variant, device)
         self.tagger = open_tagger(

@@ -60,3 +60,8 @@ def check_choice(name: str, value: object, allowed) -> None:
     """Raise ValueError naming `name`, the bad value and the allowed ones."""
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; expected one of {list(allowed)}")
+
+
+# How words get their labels (`annotate --decode`, `score --decode`): each word's most probable
+# label, or the most probable label sequence the labels' scheme allows (decode.py).
+DECODERS = ("argmax", "viterbi")

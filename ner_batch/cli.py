@@ -22,6 +22,7 @@ import click
 
 from . import __version__
 from .choices import (
+    DECODERS,
     DEVICES,
     ENCODING_ERRORS,
     ENGINES,
@@ -273,6 +274,20 @@ def cli(ctx: click.Context, log_format: str, debug: bool, verbose: bool) -> None
 @library_option("--token-column", type=int, default=TRAIN("token_column"), show_default=True)
 @library_option("--tag-column", type=int, default=TRAIN("tag_column"), show_default=True)
 @library_option(
+    "--train-on-dev/--no-train-on-dev",
+    default=TRAIN("train_on_dev"),
+    show_default=True,
+    help="Train on train + dev (the final model, once --epochs and --lr are chosen on dev); "
+    "dev F1 is then no held-out score and the last epoch is kept.",
+)
+@library_option(
+    "--average-last",
+    type=click.IntRange(min=0),
+    default=TRAIN("average_last"),
+    show_default=True,
+    help="Keep the mean of the weights at the end of the last N epochs (0: one epoch's).",
+)
+@library_option(
     "--max-steps", type=int, default=TRAIN("max_steps"), help="Stop after N steps (smoke tests)."
 )
 @click.option("--fp16", is_flag=True, help="Mixed precision on GPU.")
@@ -293,6 +308,8 @@ def train_cli(
     scheme,
     token_column,
     tag_column,
+    train_on_dev,
+    average_last,
     max_steps,
     fp16,
 ) -> None:
@@ -324,6 +341,8 @@ def train_cli(
         scheme=scheme,
         token_column=token_column,
         tag_column=tag_column,
+        train_on_dev=train_on_dev,
+        average_last=average_last,
         max_steps=max_steps,
         fp16=fp16,
     )
@@ -345,7 +364,8 @@ def runtime_option(default: LibraryDefault):
         default=default,
         show_default=True,
         help="auto: for int8, OpenVINO (the bundle's openvino variant) or ONNX Runtime, whichever "
-        "a 2 s probe at start-up finds faster here (annotate records it and keeps it on resume).",
+        "a 2 s probe at start-up finds faster here, remembered for later runs in "
+        "$NERBATCH_CACHE (annotate records it and keeps it on resume).",
     )
 
 
@@ -513,6 +533,14 @@ def export_cli(
     "blank lines only, or none (hard-wrapped text).",
 )
 @library_option(
+    "--decode",
+    type=click.Choice(list(DECODERS)),
+    default=ANNOTATE("decode"),
+    help="How words get labels: the most probable sequence the label scheme allows (Viterbi), "
+    "or each word's most probable label (invalid sequences such as O I-PER are repaired "
+    "afterwards). [default: viterbi; a resumed output keeps its own]",
+)
+@library_option(
     "--txt-mode",
     type=click.Choice(TXT_MODES),
     default=ANNOTATE("read.txt_mode"),
@@ -616,6 +644,7 @@ def annotate_cli(
     threads,
     streams,
     segment,
+    decode,
     txt_mode,
     text_field,
     id_field,
@@ -664,6 +693,7 @@ def annotate_cli(
         threads=threads,
         streams=streams,
         segment=segment,
+        decode=decode,
         part_docs=part_docs,
         overwrite=overwrite,
         engine=engine,
@@ -714,6 +744,15 @@ def annotate_cli(
     help="Bundle variant to score (as annotate's --variant).",
 )
 @runtime_option(SCORE("runtime"))
+@library_option(
+    "--decode",
+    type=click.Choice(list(DECODERS)),
+    default=SCORE("decode"),
+    show_default=True,
+    help="How words get labels: each word's most probable label (invalid sequences such as "
+    "O I-PER are repaired afterwards), or the most probable sequence the label scheme allows "
+    "(Viterbi).",
+)
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON."
 )
@@ -753,6 +792,7 @@ def score_cli(
     batch_size,
     label_map,
     html_path,
+    decode,
 ) -> None:
     """Precision / recall / F1 per entity type against CoNLL GOLD (seqeval default and strict).
 
@@ -781,6 +821,7 @@ def score_cli(
         batch_size=batch_size,
         label_map=label_map,
         html_path=html_path,
+        decode=decode,
     )
     click.echo(f"{report['source']} on {gold}")
     click.echo(format_table(report))

@@ -489,7 +489,9 @@ def write_bundle(
             "shapes": meta.get("shapes"),
             "word_rule": encoder.word_rule,
             "words": (
-                "the transformers pipeline's words"
+                "whitespace-delimited words (never cut)"
+                if encoder.whole_words
+                else "the transformers pipeline's words"
                 if encoder.word_rule == "pipeline"
                 else "pre-tokenizer pieces"
             )

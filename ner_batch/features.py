@@ -168,6 +168,12 @@ class TextEncoder:
                 joined.newlines[at] = gap.count("\n")
         return joined
 
+    @property
+    def whole_words(self) -> bool:
+        """Words are whitespace runs (`_whole_words`): a model trained elsewhere whose
+        tokenizer has no continuing-subword prefix."""
+        return self.word_rule == "pipeline" and not self.subword_prefix
+
     def encode(self, text: str) -> Encoded:
         return self.encode_batch([text])[0]
 
@@ -176,7 +182,11 @@ class TextEncoder:
         n = len(encoding.ids)
         ids = np.asarray(encoding.ids, dtype=np.int64)
         offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(n, 2)
-        word_ids = np.asarray([-1 if w is None else w for w in encoding.word_ids], dtype=np.int64)
+        raw_words = encoding.word_ids
+        try:  # no special tokens are added, so no None: one C loop, not a Python one
+            word_ids = np.asarray(raw_words, dtype=np.int64)
+        except TypeError:
+            word_ids = np.asarray([-1 if w is None else w for w in raw_words], dtype=np.int64)
         # Renumber words densely (the pre-tokenizer may yield pieces that produce no token).
         first = np.ones(n, dtype=bool)
         if n:

@@ -39,6 +39,8 @@ UNRECORDED_BEFORE_0_2 = (
     "engine",
 )
 RUNTIME_BEFORE_0_3 = "onnxruntime"
+# Words took their argmax label before 0.5 (`--decode`).
+DECODE_BEFORE_0_5 = "argmax"
 
 
 @dataclass
@@ -126,6 +128,7 @@ class Manifest:
         try:
             values["settings"] = dict(values.get("settings") or {})
             values["settings"].setdefault("runtime", RUNTIME_BEFORE_0_3)
+            values["settings"].setdefault("decode", DECODE_BEFORE_0_5)
             values["parts"] = [Part(**p) for p in values.get("parts", [])]
             values["counts"] = Counts(**values.get("counts", {}))
             if values.get("position"):

@@ -13,6 +13,7 @@ the output's file names (output.py), the manifest's format (manifest.py), readin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -26,7 +27,7 @@ from . import manifest as manifest_file  # its write_manifest, looked up at each
 from .bundle import Bundle, load_bundle
 from .errors import InputError, OptionError, OutputError
 from .lock import RunLock
-from .manifest import Manifest, read_manifest
+from .manifest import DECODE_BEFORE_0_5, Manifest, read_manifest
 from .output import (
     LOCK,
     SUCCESS,
@@ -39,7 +40,7 @@ from .output import (
 from .readers import FORMATS, InputFile, expand_inputs, printable
 from .run import AnnotateConfig
 from .storage import local_path
-from .tagger import Tagger
+from .tagger import Tagger, TaggerOptions
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ def open_plan(config: AnnotateConfig, tags_here: bool = True) -> Iterator[RunPla
     """The plan of `config`'s run, with the output's lock held while it is used. `tags_here`:
     the engine tags in this process (the tagger is opened and a runtime chosen here)."""
     bundle = load_bundle(config.model)
+    if config.decode is None:  # the output's own decoding when resumed, else the default's
+        config = dataclasses.replace(config, decode=recorded_decode(config))
     recorded = recorded_runtime(config) if config.runtime == "auto" else None
     runtime = runtimes.run_runtime(config.runtime, recorded)
     variant = bundle.resolve_variant(config.variant, config.device)
@@ -106,6 +109,11 @@ def open_plan(config: AnnotateConfig, tags_here: bool = True) -> Iterator[RunPla
     if recorded:
         choice = {"runtime": recorded, "reason": runtimes.RECORDED}
     settings = run_settings(config, variant, window, choice["runtime"])
+    encoder = tagger.encoder if tagger is not None else bundle.encoder()
+    if encoder.whole_words:
+        # Recorded only where the grouping changed in 0.5: an output that an older version
+        # began with such a bundle cut words differently and is not resumed.
+        settings["words"] = "whitespace"
     with prepared_output(config, bundle.bundle_id, settings, choice) as (out, files, manifest):
         yield RunPlan(
             config, bundle, variant, choice, window, settings, out, files, manifest, tagger
@@ -128,6 +136,7 @@ def run_settings(config: AnnotateConfig, variant: str, window: tuple[int, int], 
         "max_length": max_length,
         "stride": stride,
         "segment": config.segment,
+        "decode": config.decode,
         "read": asdict(config.read),
         "batch_size": config.batch_size,
         "max_batch_tokens": config.max_batch_tokens,
@@ -139,6 +148,15 @@ def run_settings(config: AnnotateConfig, variant: str, window: tuple[int, int], 
         # fp32 rows do not depend on batches, so either engine resumes the other's fp32 output.
         "engine": "any" if variant == "fp32" else config.engine,
     }
+
+
+def recorded_decode(config: AnnotateConfig) -> str:
+    """The decoding of a run without `decode`: the one the output records when it resumes it
+    (argmax for outputs of nerbatch < 0.5), else the default (TaggerOptions.decode)."""
+    manifest = None if config.overwrite else read_manifest(OutputDir(config.output))
+    if manifest is None:
+        return TaggerOptions.decode
+    return manifest.settings.get("decode", DECODE_BEFORE_0_5)
 
 
 def recorded_runtime(config: AnnotateConfig) -> str | None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from .choices import ENGINES, RUNTIMES
+from .choices import DECODERS, ENGINES, RUNTIMES
 from .errors import OptionError
 from .readers import ReadOptions
 from .tagger import Span, Tagger, TaggerOptions
@@ -47,6 +47,9 @@ class AnnotateConfig:
     batch_size: int = _TAGGING.batch_size
     max_batch_tokens: int = _TAGGING.max_batch_tokens
     segment: str = _TAGGING.segment  # context boundaries: see choices.SEGMENTS
+    # Word labels (decode.DECODERS); None: the TaggerOptions default (viterbi) for a new output,
+    # and for a resumed one the decoding it records (argmax for outputs of nerbatch < 0.5).
+    decode: str | None = None
     max_length: int | None = None  # default: the bundle's
     stride: int | None = None
     threads: int = 0  # ONNX Runtime intra-op threads; 0 = all cores
@@ -65,7 +68,13 @@ class AnnotateConfig:
     runtime: str = "auto"  # "onnxruntime", "openvino" or "auto" (timed at start: probe.py)
 
     def tagger_options(self) -> TaggerOptions:
-        return TaggerOptions(self.batch_size, self.max_batch_tokens, self.segment, self.streams)
+        return TaggerOptions(
+            self.batch_size,
+            self.max_batch_tokens,
+            self.segment,
+            self.streams,
+            self.decode or _TAGGING.decode,
+        )
 
     def check(self) -> None:
         """Refuse an option out of its range before any work, naming the range (OptionError).
@@ -75,6 +84,8 @@ class AnnotateConfig:
             raise OptionError(f"unknown engine {self.engine!r}; expected one of {list(ENGINES)}")
         if self.runtime not in RUNTIMES:
             raise OptionError(f"unknown runtime {self.runtime!r}; expected one of {list(RUNTIMES)}")
+        if self.decode is not None and self.decode not in DECODERS:
+            raise OptionError(f"unknown decoding {self.decode!r}; expected one of {list(DECODERS)}")
         minimum = {
             "batch_size": 1,
             "max_batch_tokens": 1,
@@ -226,6 +237,6 @@ def tag_in_chunks(
     stream of these texts (`chunks`). The Ray workers and the in-memory API tag with it."""
     for chunk, _ in chunks(texts, lambda text: text, chunk_docs, chunk_chars, part_docs):
         encoded = tagger.encoder.encode_batch(chunk)
-        predictions = tagger.predict(encoded)
-        for text, enc, prediction in zip(chunk, encoded, predictions, strict=True):
-            yield len(enc), tagger.spans(text, prediction)
+        spans = tagger.spans_of(chunk, tagger.predict(encoded))
+        for enc, text_spans in zip(encoded, spans, strict=True):
+            yield len(enc), text_spans

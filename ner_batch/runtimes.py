@@ -201,7 +201,9 @@ def open_tagger(
         probe.remember(key, choice, about)
     model = models[choice["runtime"]]
     options = dataclasses.replace(options, streams=model.streams)
-    tagger = Tagger(encoder, bundle.labels, model.logits, *window, options)
+    tagger = Tagger(
+        encoder, bundle.labels, model.logits, *window, options, scheme=bundle.meta.get("scheme")
+    )
     tagger.runtime = choice
     return tagger
 

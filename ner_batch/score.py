@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from .conll import Document, read_conll, sentences_of, token_offsets
-from .errors import MissingExtraError, NerbatchError
+from .errors import MissingExtraError, NerbatchError, OptionError
 from .storage import is_uri, local_path, write_file
 from .tagger import Tagger, TaggerOptions, default_stride, token_tags
 
@@ -29,9 +29,13 @@ SCORING_BATCH_SIZE = 64
 SCORING_MAX_BATCH_TOKENS = 8192
 
 
-def scoring_options(batch_size: int = SCORING_BATCH_SIZE) -> TaggerOptions:
+def scoring_options(
+    batch_size: int = SCORING_BATCH_SIZE, decode: str = TaggerOptions.decode
+) -> TaggerOptions:
     """The TaggerOptions a model is scored with."""
-    return TaggerOptions(batch_size=batch_size, max_batch_tokens=SCORING_MAX_BATCH_TOKENS)
+    return TaggerOptions(
+        batch_size=batch_size, max_batch_tokens=SCORING_MAX_BATCH_TOKENS, decode=decode
+    )
 
 
 def predict_gold(tagger: Tagger, documents: Sequence[Document], chunk: int = 512):
@@ -166,6 +170,7 @@ def score(
     batch_size: int = SCORING_BATCH_SIZE,
     label_map: dict[str, str] | None = None,
     html_path: str | Path | None = None,
+    decode: str = TaggerOptions.decode,
 ) -> dict:
     """Score a checkpoint or bundle (`model`) or an annotate output (`predictions`) against
     `gold`; write JSON / Markdown / PNG reports where asked and return the report.
@@ -179,7 +184,8 @@ def score(
     Markdown report (same name without `.md`). Each report may be a local path or an object-store
     URI, and so may `model` when it is a bundle. `html_path` writes one self-contained HTML page:
     the tables, the confusion heat map, the error examples with gold and predicted entities side
-    by side, and the training curves when `model` is a checkpoint with a metrics.json.
+    by side, and the training curves when `model` is a checkpoint with a metrics.json. `decode`
+    (argmax or viterbi) is how the model's words get their labels, as annotate's `--decode`.
     """
     from .report import markdown_details, plot_confusion, plot_per_type, top_errors, type_confusion
 
@@ -189,7 +195,7 @@ def score(
     sentences = sentences_of(documents)
     gold_tags = [s.tags for s in sentences]
     if model is not None:
-        tagger, source = load_tagger(model, variant, batch_size, runtime)
+        tagger, source = load_tagger(model, variant, batch_size, runtime, decode)
         predicted = predict_gold(tagger, documents)
     else:
         predicted = tags_from_predictions(predictions, documents)
@@ -198,6 +204,8 @@ def score(
     report = seqeval_report(gold_tags, predicted)
     report["unmapped_types"] = unmapped
     report["source"] = source
+    if model is not None:
+        report["decode"] = decode
     report["gold"] = str(gold)
     report["confusion"] = type_confusion(gold_tags, predicted)
     report["errors"] = top_errors([s.tokens for s in sentences], gold_tags, predicted)
@@ -306,6 +314,7 @@ def load_tagger(
     variant: str = "auto",
     batch_size: int = SCORING_BATCH_SIZE,
     runtime: str = "auto",
+    decode: str = TaggerOptions.decode,
 ) -> tuple[Tagger, str]:
     """A Tagger over a bundle (ONNX) or a training checkpoint (PyTorch), and a description.
 
@@ -314,7 +323,11 @@ def load_tagger(
     from .bundle import BUNDLE_FILE, load_bundle
     from .runtimes import open_tagger
 
-    options = scoring_options(batch_size)
+    try:
+        options = scoring_options(batch_size, decode)
+        options.check()
+    except ValueError as e:
+        raise OptionError(str(e)) from e
     location = str(model)
     path = Path(local_path(location))
     if is_uri(location) or (path / BUNDLE_FILE).is_file():
@@ -334,6 +347,7 @@ def load_tagger(
         meta["max_length"],
         stride=default_stride(meta["max_length"]),
         options=options,
+        scheme=meta.get("scheme"),
     )
     return tagger, f"checkpoint {path} (PyTorch)"
 

@@ -174,6 +174,14 @@ def build_tiny_bert(path: Path, seed: int = 0) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path_factory, monkeypatch) -> None:
+    """Each test its own nerbatch cache ($NERBATCH_CACHE: remembered runtime choices, OpenVINO's
+    compiled models, downloaded bundles), never the user's ~/.cache/nerbatch: a choice one test
+    remembered would spare the next its probe. Subprocesses inherit it."""
+    monkeypatch.setenv("NERBATCH_CACHE", str(tmp_path_factory.mktemp("nerbatch-cache")))
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     pytest.importorskip("torch")

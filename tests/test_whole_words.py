@@ -233,7 +233,7 @@ def test_cuts_and_whitespace_words():
 @pytest.mark.parametrize(("family", "scheme"), CASES, ids=[f"{f}-{s}" for f, s in CASES])
 def test_spans_are_whole_words_of_the_same_logits(exported, family, scheme):
     model, bundle = exported(family, scheme)
-    ours = ner_batch.load(str(bundle), variant="fp32")(TEXTS)
+    ours = ner_batch.load(str(bundle), variant="fp32", decode="argmax")(TEXTS)
     reference = whole_word_spans(model, TEXTS)
     assert sum(map(len, reference)) > len(TEXTS), "the random model finds entities"
     wrong = [
@@ -268,7 +268,7 @@ def test_the_pipeline_cuts_words_that_nerbatch_keeps_whole(exported):
     text = "SOCCER - JAPAN GET LUCKY WIN , CHINA IN SURPRISE DEFEAT ."
     at = text.index(" IN ") + 1
     assert {(at, at + 1), (at, at + 2)} <= set(am.word_spans(model, text))
-    encoder = ner_batch.load(str(bundle), variant="fp32")
+    encoder = ner_batch.load(str(bundle), variant="fp32", decode="argmax")
     spans = encoder([text])[0]
     assert all(cuts(text, s["start"], s["end"]) == [] for s in spans)
     pipeline = am.pipeline_spans(model, am.ALL_SENTENCES)
@@ -295,7 +295,9 @@ def test_annotate_cli_with_defaults_on_hostile_jsonl(exported, tmp_path):
     )
     out = tmp_path / "out.parquet"
     result = CliRunner().invoke(
-        cli, ["annotate", str(corpus), str(out), "--model", str(bundle)], catch_exceptions=False
+        cli,
+        ["annotate", str(corpus), str(out), "--model", str(bundle)],
+        catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
     rows = pq.read_table(out).to_pylist()
@@ -317,6 +319,27 @@ def test_annotate_cli_with_defaults_on_hostile_jsonl(exported, tmp_path):
     assert [
         (r["doc_id"], r["start"], r["end"], r["label"], r["text"], r["score"]) for r in rows
     ] == expected
+
+
+def test_an_output_begun_with_cut_words_is_not_resumed(exported, tmp_path):
+    """An output that nerbatch < 0.5 began with such a bundle (cut words, no `words` setting)
+    is refused, naming the setting; a WordPiece bundle's outputs record no `words`."""
+    _, bundle = exported("xlm-roberta", "iob2")
+    corpus = tmp_path / "in.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS), encoding="utf-8")
+    out = tmp_path / "out.parquet"
+    command = ["annotate", str(corpus), str(out), "--model", str(bundle)]
+    assert CliRunner().invoke(cli, command).exit_code == 0
+    manifest_file = out / "_manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    assert manifest["settings"]["words"] == "whitespace"
+    del manifest["settings"]["words"]  # as 0.4 wrote it
+    manifest["complete"] = False
+    manifest_file.write_text(json.dumps(manifest))
+    (out / "_SUCCESS").unlink(missing_ok=True)
+    again = CliRunner().invoke(cli, command)
+    assert again.exit_code != 0
+    assert "words None, now 'whitespace'" in again.output
 
 
 def test_long_texts_in_pieces_keep_words_and_line_breaks(exported):
