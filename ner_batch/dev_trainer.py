@@ -25,12 +25,22 @@ class DevTrainer(Trainer):
     plus the bookkeeping keys `log_index` and `ended` that `train` removes)."""
 
     def __init__(
-        self, *args, dev_metrics: DevMetricsFn, epochs: list[dict] | None = None, **kwargs
+        self,
+        *args,
+        dev_metrics: DevMetricsFn,
+        epochs: list[dict] | None = None,
+        average_from: float | None = None,
+        **kwargs,
     ):
+        """`average_from`: the weights at the end of every epoch from this one on (evaluations
+        at `state.epoch >= average_from`) are summed, for `averaged_state`."""
         super().__init__(*args, **kwargs)
         self.dev_metrics = dev_metrics
         self.epochs: list[dict] = [] if epochs is None else epochs
         self.started = time.monotonic()  # reset when training starts (see `train`)
+        self.average_from = average_from
+        self._sum: dict | None = None
+        self.averaged_epochs: list[float] = []
 
     def train(self, *args, **kwargs):
         # The first epoch's train_seconds count from here, not from the Trainer's construction.
@@ -47,6 +57,8 @@ class DevTrainer(Trainer):
             "train_loss": float(np.mean(losses)) if losses else None,
             "train_seconds": round(time.monotonic() - previous["ended"], 1),
         }
+        if self.average_from is not None and (self.state.epoch or 0) >= self.average_from - 1e-6:
+            self._add_to_average()
         dev_started = time.monotonic()
         dev = self.dev_metrics(self.model)
         record.update(
@@ -65,3 +77,27 @@ class DevTrainer(Trainer):
             self.args, self.state, self.control, metrics
         )
         return metrics
+
+    def _add_to_average(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            state = {k: v.detach().to("cpu", torch.float32) for k, v in self._floats().items()}
+            if self._sum is None:
+                self._sum = {k: v.clone() for k, v in state.items()}
+            else:
+                for k, v in state.items():
+                    self._sum[k] += v
+        self.averaged_epochs.append(round(self.state.epoch or 0, 3))
+
+    def _floats(self) -> dict:
+        return {k: v for k, v in self.model.state_dict().items() if v.is_floating_point()}
+
+    def averaged_state(self) -> dict | None:
+        """The mean of the summed epochs' floating-point weights (None if none was summed), in
+        the model's dtypes, for `model.load_state_dict(..., strict=False)`."""
+        if self._sum is None:
+            return None
+        n = len(self.averaged_epochs)
+        floats = self._floats()
+        return {k: (v / n).to(floats[k].dtype) for k, v in self._sum.items()}

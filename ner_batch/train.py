@@ -58,6 +58,13 @@ class TrainConfig:
     scheme: str = "auto"
     token_column: int = 0
     tag_column: int = -1
+    # Add the dev documents to the training data (the final model, once epochs and learning rate
+    # are chosen on dev): dev F1 is then no held-out score, so the last epoch is kept, not the
+    # best dev epoch.
+    train_on_dev: bool = False
+    # Keep the mean of the weights at the end of the last N epochs (0: off), not one epoch's.
+    average_last: int = 0
+    save_last_epoch: bool = False  # with average_last: also save the last epoch to out/last-epoch
     max_steps: int = -1  # for smoke tests
     fp16: bool = False
     bf16: bool = False
@@ -212,6 +219,10 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     train_docs = load_corpus(config, "train")
     dev_docs = load_corpus(config, "dev")
+    if config.train_on_dev:
+        train_docs = train_docs + dev_docs
+    if config.average_last < 0:
+        raise NerbatchError(f"average_last must be >= 0, got {config.average_last}")
     labels = labels_of(train_docs)
     label2id = {label: i for i, label in enumerate(labels)}
     set_seed(config.seed)
@@ -242,9 +253,13 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
             documents=dev_docs,
             max_length=config.max_length,
         ),
+        average_from=(
+            max(1.0, config.epochs - config.average_last + 1) if config.average_last else None
+        ),
     )
     trainer.train()  # sets trainer.started, where the first epoch's train_seconds begin
     train_seconds = time.monotonic() - trainer.started
+    averaged = average_weights(trainer, config, out, hf_tokenizer, encoder, base, labels)
 
     epochs = trainer.epochs  # one record per dev evaluation (once per epoch)
     for record in epochs:
@@ -253,7 +268,17 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
     save_checkpoint(
         out, trainer.model, hf_tokenizer, encoder, checkpoint_meta(config, base, labels, encoder)
     )
+    kept = (
+        "averaged"
+        if averaged
+        else "last"
+        if config.train_on_dev or config.max_steps > 0
+        else "best"
+    )
     metrics = {
+        "kept": kept,  # which weights the checkpoint holds: best dev epoch, last, averaged
+        "dev_in_training": config.train_on_dev,
+        "averaged": averaged,
         "best_epoch": best.get("epoch"),
         "best_dev_f1": best.get("dev_f1"),
         "train_seconds": round(train_seconds, 1),
@@ -264,6 +289,21 @@ def train(config: TrainConfig, silent: bool = True) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_curves(epochs, out / "curves.png")
     return metrics
+
+
+def average_weights(trainer, config: TrainConfig, out: Path, hf_tokenizer, encoder, base, labels):
+    """With `average_last`, put the mean of the last epochs' weights into the trainer's model
+    and score it on dev; None without. `save_last_epoch` saves the last epoch's model first."""
+    state = trainer.averaged_state() if config.average_last else None
+    if state is None:
+        return None
+    if config.save_last_epoch:
+        meta = checkpoint_meta(config, base, labels, encoder)
+        save_checkpoint(out / "last-epoch", trainer.model, hf_tokenizer, encoder, meta)
+    trainer.model.load_state_dict(state, strict=False)
+    dev = trainer.dev_metrics(trainer.model)
+    log.info("weights averaged over epochs %s: dev F1 %.4f", trainer.averaged_epochs, dev["f1"])
+    return {"epochs": trainer.averaged_epochs, "dev_f1": dev["f1"], "dev_per_type": dev["per_type"]}
 
 
 def build_model(base: str, labels: list[str], word_shapes: bool):
@@ -356,7 +396,8 @@ def training_arguments(config: TrainConfig, out: Path, n_examples: int, silent: 
         eval_steps=config.max_steps if config.max_steps > 0 else None,
         save_steps=config.max_steps if config.max_steps > 0 else 500,
         save_total_limit=1,
-        load_best_model_at_end=True,
+        # The best dev epoch, unless dev is trained on or the last epochs are averaged.
+        load_best_model_at_end=not (config.train_on_dev or config.average_last),
         metric_for_best_model="f1",
         greater_is_better=True,
         logging_steps=max(1, min(50, steps_per_epoch // 4)),

@@ -212,3 +212,81 @@ def test_train_without_data_is_an_error(tmp_path):
     result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1
     assert "Error: no train data: give --train PATH or --dataset NAME" in result.output
+
+
+def _weights(directory: Path) -> dict:
+    from safetensors.numpy import load_file
+
+    return load_file(str(directory / "model.safetensors"))
+
+
+def test_average_last_keeps_the_mean_of_the_last_epochs(tmp_path, tiny_base, tiny_conll):
+    """Three epochs, the last two averaged: the checkpoint is neither epoch's weights, its dev
+    F1 is recorded, and averaging one epoch is that epoch."""
+    import numpy as np
+
+    out = tmp_path / "avg"
+    metrics = tiny_train(
+        tiny_base,
+        out,
+        train=str(tiny_conll),
+        dev=str(tiny_conll),
+        epochs=3,
+        average_last=2,
+        save_last_epoch=True,
+    )
+    assert metrics["kept"] == "averaged"
+    assert metrics["averaged"]["epochs"] == [2.0, 3.0]
+    assert 0 <= metrics["averaged"]["dev_f1"] <= 1
+    averaged, last = _weights(out), _weights(out / "last-epoch")
+    name = "classifier.weight"
+    assert not np.allclose(averaged[name], last[name])
+    one = tmp_path / "one"
+    tiny_train(
+        tiny_base,
+        one,
+        train=str(tiny_conll),
+        dev=str(tiny_conll),
+        epochs=3,
+        average_last=1,
+        save_last_epoch=True,
+    )
+    for key, value in _weights(one / "last-epoch").items():
+        np.testing.assert_allclose(_weights(one)[key], value, rtol=0, atol=1e-7, err_msg=key)
+
+
+def test_train_on_dev_cli_adds_dev_and_keeps_the_last_epoch(tmp_path, tiny_base, tiny_conll):
+    """Through the CLI: dev's tags join the label set (here a dev-only type), and metrics.json
+    says dev was trained on and the last epoch kept."""
+    dev = tmp_path / "dev.txt"
+    dev.write_text("Mona NNP B-NEW\nsmiles VBZ O\n\n")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--train",
+            str(tiny_conll),
+            "--dev",
+            str(dev),
+            "--out",
+            str(out),
+            "--base-model",
+            str(tiny_base),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--max-length",
+            "32",
+            "--train-on-dev",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dev_in_training"] is True and metrics["kept"] == "last"
+    assert "B-NEW" in json.loads((out / "labels.json").read_text())
+    bad = CliRunner().invoke(
+        cli, ["train", "--train", str(tiny_conll), "--out", str(out), "--average-last", "-1"]
+    )
+    assert bad.exit_code == 2
