@@ -315,8 +315,10 @@ def train_cli(
 ) -> None:
     """Fine-tune a transformer token classifier on CoNLL data (any tag set).
 
-    Dev is scored with seqeval after each epoch and the best epoch is kept. OUT gets the
-    checkpoint, tokenizer, labels.json, metrics.json and curves.png.
+    Dev is scored with seqeval after each epoch. By default dev also joins the training data
+    (the final recipe: the epochs and learning rate were chosen on dev first) and the last
+    epoch is kept; --no-train-on-dev keeps dev held out and keeps the best dev epoch. OUT gets
+    the checkpoint, tokenizer, labels.json, metrics.json and curves.png.
 
     \b
     Example:
@@ -347,13 +349,26 @@ def train_cli(
         fp16=fp16,
     )
     metrics = train(config, silent=False)
-    best = metrics["best_dev_f1"]
     click.echo(
-        f"trained in {metrics['train_seconds']:.0f}s; best dev F1 "
-        f"{100 * best:.2f} at epoch {metrics['best_epoch']}; checkpoint in {out}"
-        if best is not None
-        else f"trained in {metrics['train_seconds']:.0f}s; checkpoint in {out}"
+        f"trained in {metrics['train_seconds']:.0f}s; {kept_summary(metrics)}; checkpoint in {out}"
     )
+
+
+def kept_summary(metrics: dict) -> str:
+    """Which weights the checkpoint holds and their dev F1, in words."""
+    epochs = metrics["epochs"]
+    if metrics.get("averaged"):
+        averaged = metrics["averaged"]
+        what = f"mean of epochs {averaged['epochs']}, dev F1 {100 * averaged['dev_f1']:.2f}"
+    elif metrics["kept"] == "best" and metrics["best_dev_f1"] is not None:
+        what = f"best dev F1 {100 * metrics['best_dev_f1']:.2f} at epoch {metrics['best_epoch']}"
+    elif epochs and epochs[-1].get("dev_f1") is not None:
+        what = f"last epoch, dev F1 {100 * epochs[-1]['dev_f1']:.2f}"
+    else:
+        what = "last epoch"
+    if metrics.get("dev_in_training"):
+        what += " (dev was trained on: not a held-out score)"
+    return what
 
 
 def runtime_option(default: LibraryDefault):

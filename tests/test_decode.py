@@ -174,7 +174,8 @@ def test_tagger_viterbi_gives_valid_spans_from_invalid_logits():
         return out
 
     text = "The Jan Smit"
-    argmax = Tagger(_Encoder(), IOB2, logits_fn, 16, 2, TaggerOptions()).tag([text])[0]
+    argmax = Tagger(_Encoder(), IOB2, logits_fn, 16, 2, TaggerOptions(decode="argmax"))
+    argmax = argmax.tag([text])[0]
     assert [(s.label, text[s.start : s.end]) for s in argmax] == [("PER", "Jan"), ("LOC", "Smit")]
     tagger = Tagger(_Encoder(), IOB2, logits_fn, 16, 2, TaggerOptions(decode="viterbi"))
     spans = tagger.tag([text])[0]
