@@ -129,10 +129,6 @@ def main() -> None:
         )
 
 
-if __name__ == "__main__":
-    main()
-
-
 def train_plainly(out: Path, data: Path, epochs: float) -> None:
     """MiniLM fine-tuned on CoNLL train by the plain transformers Trainer (first sub-token of
     each word labelled), saved with save_pretrained: what a user brings from elsewhere."""
@@ -245,3 +241,7 @@ def other_trainer(model_dir: Path, data: Path, epochs: float) -> None:
     for name, f1, seconds in rows:
         print(f"| {name} | {100 * f1:.2f} | {tokens / seconds:,.0f} | {rows[0][2] / seconds:.2f} |")
     print(f"\nF1 difference, annotate - pipeline: {100 * (rows[1][1] - rows[0][1]):+.2f}")
+
+
+if __name__ == "__main__":
+    main()
