@@ -371,6 +371,20 @@ def kept_summary(metrics: dict) -> str:
     return what
 
 
+def decode_option(default: LibraryDefault, default_text: str | None = None):
+    """annotate's and score's --decode; `default_text` replaces click's "[default: ...]" where
+    the library's default (None) needs words."""
+    return library_option(
+        "--decode",
+        type=click.Choice(list(DECODERS)),
+        default=default,
+        show_default=default_text is None,
+        help="How words get labels: the most probable sequence the label scheme allows "
+        "(Viterbi), or each word's most probable label (invalid sequences such as O I-PER are "
+        "repaired afterwards)." + (f" {default_text}" if default_text else ""),
+    )
+
+
 def runtime_option(default: LibraryDefault):
     """annotate's and score's --runtime, with the default of the library function each calls."""
     return library_option(
@@ -547,14 +561,7 @@ def export_cli(
     help="Context boundaries: every line break (headlines, list items, one sentence per line), "
     "blank lines only, or none (hard-wrapped text).",
 )
-@library_option(
-    "--decode",
-    type=click.Choice(list(DECODERS)),
-    default=ANNOTATE("decode"),
-    help="How words get labels: the most probable sequence the label scheme allows (Viterbi), "
-    "or each word's most probable label (invalid sequences such as O I-PER are repaired "
-    "afterwards). [default: viterbi; a resumed output keeps its own]",
-)
+@decode_option(ANNOTATE("decode"), "[default: viterbi; a resumed output keeps its own]")
 @library_option(
     "--txt-mode",
     type=click.Choice(TXT_MODES),
@@ -759,15 +766,7 @@ def annotate_cli(
     help="Bundle variant to score (as annotate's --variant).",
 )
 @runtime_option(SCORE("runtime"))
-@library_option(
-    "--decode",
-    type=click.Choice(list(DECODERS)),
-    default=SCORE("decode"),
-    show_default=True,
-    help="How words get labels: each word's most probable label (invalid sequences such as "
-    "O I-PER are repaired afterwards), or the most probable sequence the label scheme allows "
-    "(Viterbi).",
-)
+@decode_option(SCORE("decode"))
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON."
 )
