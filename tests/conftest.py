@@ -174,6 +174,29 @@ def build_tiny_bert(path: Path, seed: int = 0) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(model dir, bundle dir) of a tiny random model of `tests/arch_models.py` per (family,
+    scheme), built and exported (fp32, int8) once per module: exported(family, scheme)."""
+    import arch_models
+    from helpers import LOOSE
+
+    from ner_batch.export import export
+
+    made: dict[tuple[str, str], tuple[Path, Path]] = {}
+
+    def get(family: str, scheme: str) -> tuple[Path, Path]:
+        if (family, scheme) not in made:
+            root = tmp_path_factory.mktemp(f"{family}-{scheme}")
+            model = arch_models.build(family, root / "model", scheme=scheme)
+            bundle = root / "bundle"
+            export(model, bundle, variants=("fp32", "int8"), tolerances=LOOSE)
+            made[family, scheme] = (model, bundle)
+        return made[family, scheme]
+
+    return get
+
+
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path_factory, monkeypatch) -> None:
     """Each test its own nerbatch cache ($NERBATCH_CACHE: remembered runtime choices, OpenVINO's

@@ -16,8 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ner_batch.export import Tolerances
 from ner_batch.features import TextEncoder
 from ner_batch.tagger import Span
+
+# Export gates wide open: random tiny models are exported for their spans, not their F1.
+LOOSE = Tolerances(int8_max_f1_drop=1.0, fp16_max_f1_drop=1.0, fp16_max_logit_diff=1e9)
 
 
 def label_logits(labels: Sequence[str], label: str, confidence: float = 5.0) -> np.ndarray:

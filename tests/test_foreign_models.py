@@ -22,16 +22,16 @@ from arch_models import (
     scheme_oracle_spans,
 )
 from click.testing import CliRunner
+from helpers import LOOSE
 from test_whole_words import whole_word_spans
 
 import ner_batch
 from ner_batch.cli import cli
-from ner_batch.export import Tolerances, export
+from ner_batch.export import export
 
 pytest.importorskip("transformers")
 
 # Random weights: F1 comparisons between variants say nothing, logits and argmax still must agree.
-LOOSE = Tolerances(int8_max_f1_drop=1.0, fp16_max_f1_drop=1.0, fp16_max_logit_diff=1e9)
 # One line each: annotate's default `--segment lines` tags every line on its own, the pipeline
 # a whole text at once, so only single lines compare (both see the same context).
 TEXTS = [t for t in CONLL_LIKE_SENTENCES + RAW_SENTENCES if "\n" not in t]
@@ -75,23 +75,6 @@ def agreement(ours: list[list[dict]], reference: list[list[dict]]) -> float:
     pairs = list(zip(keyed(ours, TEXTS), keyed(reference, TEXTS), strict=True))
     total = sum(len(a | b) for a, b in pairs)
     return sum(len(a & b) for a, b in pairs) / total if total else 1.0
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(model dir, bundle dir) per case, built and exported once."""
-    made: dict[tuple[str, str], tuple[Path, Path]] = {}
-
-    def get(family: str, scheme: str) -> tuple[Path, Path]:
-        if (family, scheme) not in made:
-            root = tmp_path_factory.mktemp(f"{family}-{scheme}")
-            model = build(family, root / "model", scheme=scheme)
-            bundle = root / "bundle"
-            export(model, bundle, variants=("fp32", "int8"), tolerances=LOOSE)
-            made[family, scheme] = (model, bundle)
-        return made[family, scheme]
-
-    return get
 
 
 @pytest.mark.parametrize(("family", "scheme"), CASES, ids=[f"{f}-{s}" for f, s in CASES])

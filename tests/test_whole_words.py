@@ -32,10 +32,8 @@ from click.testing import CliRunner  # noqa: E402
 
 import ner_batch  # noqa: E402
 from ner_batch.cli import cli  # noqa: E402
-from ner_batch.export import Tolerances, export  # noqa: E402
 
 # Random weights: F1 comparisons between variants say nothing; logits and argmax still must agree.
-LOOSE = Tolerances(int8_max_f1_drop=1.0, fp16_max_f1_drop=1.0, fp16_max_logit_diff=1e9)
 SCORE_TOLERANCE = 1e-4  # ONNX Runtime fp32 against PyTorch fp32
 
 # Text built to cut words: capitals and rare words that split into single letters behind a lone
@@ -83,23 +81,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(model dir, bundle dir) per (family, scheme), built and exported (fp32, int8) once."""
-    made: dict[tuple[str, str], tuple[Path, Path]] = {}
-
-    def get(family: str, scheme: str) -> tuple[Path, Path]:
-        if (family, scheme) not in made:
-            root = tmp_path_factory.mktemp(f"{family}-{scheme}")
-            model = am.build(family, root / "model", scheme=scheme)
-            bundle = root / "bundle"
-            export(model, bundle, variants=("fp32", "int8"), tolerances=LOOSE)
-            made[family, scheme] = (model, bundle)
-        return made[family, scheme]
-
-    return get
 
 
 def whitespace_words(
