@@ -27,7 +27,7 @@ from . import manifest as manifest_file  # its write_manifest, looked up at each
 from .bundle import Bundle, load_bundle
 from .errors import InputError, OptionError, OutputError
 from .lock import RunLock
-from .manifest import DECODE_BEFORE_0_5, Manifest, read_manifest
+from .manifest import Manifest, read_manifest
 from .output import (
     LOCK,
     SUCCESS,
@@ -75,9 +75,12 @@ def open_plan(config: AnnotateConfig, tags_here: bool = True) -> Iterator[RunPla
     """The plan of `config`'s run, with the output's lock held while it is used. `tags_here`:
     the engine tags in this process (the tagger is opened and a runtime chosen here)."""
     bundle = load_bundle(config.model)
+    previous = resumed_manifest(config)
     if config.decode is None:  # the output's own decoding when resumed, else the default's
-        config = dataclasses.replace(config, decode=recorded_decode(config))
-    recorded = recorded_runtime(config) if config.runtime == "auto" else None
+        decode = previous.settings["decode"] if previous is not None else TaggerOptions.decode
+        config = dataclasses.replace(config, decode=decode)
+    # A resumed `--runtime auto` run keeps the recorded runtime: its rows stay one runtime's.
+    recorded = previous.runtime if previous is not None and config.runtime == "auto" else None
     runtime = runtimes.run_runtime(config.runtime, recorded)
     variant = bundle.resolve_variant(config.variant, config.device)
     tagger = None
@@ -150,22 +153,11 @@ def run_settings(config: AnnotateConfig, variant: str, window: tuple[int, int], 
     }
 
 
-def recorded_decode(config: AnnotateConfig) -> str:
-    """The decoding of a run without `decode`: the one the output records when it resumes it
-    (argmax for outputs of nerbatch < 0.5), else the default (TaggerOptions.decode)."""
-    manifest = None if config.overwrite else read_manifest(OutputDir(config.output))
-    if manifest is None:
-        return TaggerOptions.decode
-    return manifest.settings.get("decode", DECODE_BEFORE_0_5)
-
-
-def recorded_runtime(config: AnnotateConfig) -> str | None:
-    """The runtime the output records, for a `--runtime auto` run that resumes it (its rows
-    stay those of one runtime); None for a new output or --overwrite."""
-    if config.overwrite:
-        return None
-    manifest = read_manifest(OutputDir(config.output))
-    return None if manifest is None else manifest.runtime
+def resumed_manifest(config: AnnotateConfig) -> Manifest | None:
+    """The manifest of the output this run resumes (its `settings.decode` is argmax for outputs
+    of nerbatch < 0.5, see manifest.py); None for a new output or --overwrite. Read once, before
+    the plan takes the lock, for what a resumed run keeps: its runtime and its decoding."""
+    return None if config.overwrite else read_manifest(OutputDir(config.output))
 
 
 def resume_point(manifest: Manifest) -> tuple[int, int, int]:
