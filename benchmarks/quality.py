@@ -16,6 +16,9 @@ nerbatch metadata; trained into DIR unless DIR already holds it), exported with 
 export`'s defaults and annotated with annotate's defaults, against the transformers pipeline
 (aggregation "first", long documents in strided windows) on the same raw test documents: F1 of
 each from its spans, and tokens per second.
+
+`--bundle none` keeps only the PyTorch rows, e.g. to compare the decodings on a checkpoint with
+BIOES labels (`benchmarks/plain_trainer.py --scheme BIOES`).
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ def main() -> None:
                     score(gold, model=args.checkpoint, decode=decode),
                     time.monotonic() - started,
                 )
+            if args.bundle == "none":
+                continue
             runs = [(v, "onnxruntime") for v in args.variants.split(",")]
             if "openvino" in usable(load_bundle(args.bundle), "int8")[0]:
                 runs += [("int8", "openvino"), ("bf16", "openvino")]

@@ -180,3 +180,19 @@ def test_a_minilm_fine_tuned_with_the_plain_trainer(tiny_conll, tmp_path, monkey
     assert agreement(ours, pipeline_spans(model, TEXTS)) >= 0.995
     int8 = ner_batch.load(str(bundle), variant="int8", decode="argmax")(TEXTS)
     assert agreement(int8, ours) >= 0.9  # int8 of a barely trained model: close, not equal
+
+
+def test_the_plain_trainers_bioes_tags(monkeypatch):
+    # The BIOES model that the Viterbi measurement uses is trained on these tags.
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from plain_trainer import label_order, to_bioes
+
+    tags = ["B-PER", "I-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-LOC", "B-MISC"]
+    assert to_bioes(tags) == ["B-PER", "I-PER", "E-PER", "O", "S-LOC", "B-LOC", "E-LOC", "S-MISC"]
+    assert to_bioes([]) == [] and to_bioes(["O"]) == ["O"]
+    assert sorted(["S-PER", "B-LOC", "O", "E-LOC"], key=label_order) == [
+        "O",
+        "B-LOC",
+        "E-LOC",
+        "S-PER",
+    ]
