@@ -1,7 +1,8 @@
 # nerbatch: setup, the whole pipeline on CoNLL-2003, and the tests.
 #   make demo   # venv + install, then train -> export -> score -> annotate -> score end to end
 #   make test   # venv + install (and Airflow in .venv-airflow), then the fast test suite
-# Override on the command line, e.g.: make demo DATA=/data/conll2003 EPOCHS=1
+# Override on the command line, e.g.: make demo DATA=/data/conll2003 EPOCHS=1, or another seed:
+#   make demo SEED=7 RUN=runs/minilm-s7 BUNDLE=export/minilm-s7 WORK=work-s7
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +10,8 @@ BIN := $(VENV)/bin
 DATA ?= ../shared/data/conll2003
 RUN ?= runs/minilm
 BUNDLE ?= export/minilm
-EPOCHS ?= 8
+EPOCHS ?=  # empty: nerbatch train's default
+SEED ?= 42
 WORK ?= work
 AIRFLOW_VENV ?= .venv-airflow
 SPACY_VENV ?= .venv-spacy
@@ -49,7 +51,7 @@ $(SPACY_VENV)/.installed:
 	touch $@
 
 $(RUN)/nerbatch.json: | install
-	$(BIN)/nerbatch train --train $(DATA)/train.txt --dev $(DATA)/dev.txt --out $(RUN) --epochs $(EPOCHS)
+	$(BIN)/nerbatch train --train $(DATA)/train.txt --dev $(DATA)/dev.txt --out $(RUN) --seed $(SEED) $(if $(strip $(EPOCHS)),--epochs $(EPOCHS))
 
 $(BUNDLE)/bundle.json: $(RUN)/nerbatch.json
 	$(BIN)/nerbatch export $(RUN) --out $(BUNDLE) --dev $(DATA)/dev.txt --test $(DATA)/test.txt
