@@ -157,11 +157,28 @@ def logits_fn(compiled, pad_id: int, max_length: int | None, feed):
                 _padded(array, (height, width), fill)
                 for array, fill in ((ids, pad_id), (mask, 0), (types, 0))
             )
-        request.infer(feed(names, ids, mask, types))
-        # A copy (the request reuses its output buffer), without the padding.
-        return np.array(request.get_output_tensor(0).data[:rows, :seq], dtype=np.float32)
+
+        def infer() -> np.ndarray:
+            request.infer(feed(names, ids, mask, types))
+            # A copy (the request reuses its output buffer), without the padding.
+            return np.array(request.get_output_tensor(0).data[:rows, :seq], dtype=np.float32)
+
+        if _FIRST_DONE.is_set():
+            return infer()
+        with _FIRST_LOCK:  # see _FIRST_LOCK
+            result = infer()
+            _FIRST_DONE.set()
+        return result
 
     return logits
+
+
+# The first inference of a process runs alone. OpenVINO's Python binding initialises a
+# function-local static the first time a tensor's `.data` is read, holding the GIL; two threads
+# doing that at once can deadlock (seen: the first batches of two streams, each in its own
+# thread, hung a process forever at 0% CPU).
+_FIRST_LOCK = threading.Lock()
+_FIRST_DONE = threading.Event()
 
 
 def _padded(array: np.ndarray, shape: tuple[int, int], fill: int) -> np.ndarray:

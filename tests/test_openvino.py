@@ -334,3 +334,48 @@ def test_a_resume_where_the_recorded_runtime_cannot_run_says_so(ov_bundle, tmp_p
     assert "was begun with runtime openvino, which a resumed run keeps" in result.stderr
     assert "openvino is not installed" in result.stderr
     assert manifest(out) == before
+
+
+def test_the_first_inference_of_a_process_runs_alone(ov_bundle, monkeypatch):
+    # Two streams' first batches at once can deadlock in OpenVINO's binding (openvino_backend);
+    # the first inference runs alone, the later ones concurrently.
+    import threading
+
+    from ner_batch import backends, openvino_backend
+
+    monkeypatch.setattr(openvino_backend, "_FIRST_DONE", threading.Event())  # a fresh process
+    inside, most, lock = [0], [], threading.Lock()
+
+    def feed(names, ids, mask, types):
+        with lock:
+            inside[0] += 1
+        time.sleep(0.3)
+        with lock:
+            most.append(inside[0])
+            inside[0] -= 1
+        return backends.feed(names, ids, mask, types)
+
+    compiled = openvino_backend.compile_model(
+        ov_bundle / meta(ov_bundle)["variants"]["openvino"]["file"], "f32", 0, 2
+    )
+    logits = openvino_backend.logits_fn(compiled, 0, 128, feed)
+    batch = [
+        np.full((2, 5), 7, dtype=np.int64),
+        np.ones((2, 5), np.int64),
+        np.zeros((2, 5), np.int64),
+    ]
+
+    def run_two() -> None:
+        threads = [threading.Thread(target=logits, args=batch) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads)
+
+    run_two()
+    assert most == [1, 1], "the first inference ran beside another"
+    assert openvino_backend._FIRST_DONE.is_set()
+    most.clear()
+    run_two()
+    assert max(most) == 2, "later inferences should run concurrently"
