@@ -265,12 +265,13 @@ def _documents(batches: list[dict]) -> int:
 
 
 def _tagger_batches(bundle, args) -> list[dict]:
-    """The batches annotate forms on the same corpus with its defaults: documents in chunks of
-    `chunk_docs`, windows, length-sorted padded batches within each chunk, word-shape type ids.
-    Recorded from a Tagger whose model returns zeros, so no model runs here."""
+    """The batches annotate forms on the same corpus with its defaults: its chunks (documents,
+    characters and part ends, `run.chunks`), windows, length-sorted padded batches within each
+    chunk, word-shape type ids. Recorded from a Tagger whose model returns zeros, so no model
+    runs here."""
     import numpy as np
 
-    from ner_batch.run import AnnotateConfig
+    from ner_batch.run import AnnotateConfig, tag_in_chunks
     from ner_batch.runtimes import open_tagger
 
     config = AnnotateConfig(inputs=[], output="", model=args.bundle)
@@ -284,8 +285,8 @@ def _tagger_batches(bundle, args) -> list[dict]:
 
     tagger.logits_fn = record
     texts = [" ".join(s.tokens) for s in gold_sentences(Path(args.data), args.copies)]
-    for i in range(0, len(texts), config.chunk_docs):
-        tagger.predict(tagger.encoder.encode_batch(texts[i : i + config.chunk_docs]))
+    for _ in tag_in_chunks(tagger, texts, config.chunk_docs, config.chunk_chars, config.part_docs):
+        pass
     return batches
 
 
